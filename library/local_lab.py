@@ -1,0 +1,528 @@
+#!/usr/bin/python
+"""Ansible module: the built-in local lab (two or more SSH hosts made of namespaces)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: local_lab
+short_description: Bring the built-in local lab up or down
+description:
+  - A lab host is a set of Linux namespaces (pid, mount, uts, net) on this machine, with its
+    own host name, an init that reaps orphans, a private tmpfs as its disk (C(/run), C(/root),
+    C(/tmp), C(/var/log), C(/var/lib/criu-migration)), a directory shared by all hosts at
+    C(/mnt/criu-shared) (the EFS stand-in), an address on a private bridge, and a real
+    C(sshd) with key authentication.
+  - Hosts come in pairs, C(source) and C(destination) (or C(source-N) / C(destination-N)
+    for several pairs). Source hosts allocate PIDs from a high value so that a restored
+    process's PID is free on its destination.
+  - Idempotent. C(present) keeps healthy hosts, replaces broken ones (after a crash or a
+    killed run) and removes hosts beyond I(pairs). C(absent) leaves no process, mount,
+    link or namespace behind.
+options:
+  state:
+    description: C(present) to bring the lab up, C(absent) to tear it down.
+    type: str
+    choices: [present, absent]
+    default: present
+  pairs:
+    description: Number of source/destination pairs.
+    type: int
+    default: 1
+  lab_dir:
+    description: The lab's state folder on the control machine (keys, known_hosts, shared dir).
+    type: path
+    required: true
+  subnet:
+    description: The private /24 that exists only on the lab's bridge (no NAT, no route beyond it).
+    type: str
+    default: 10.77.0.0/24
+  disk_size:
+    description: Size limit of each host's private disk (tmpfs at /var/lib/criu-migration).
+    type: str
+    default: 8g
+attributes:
+  check_mode:
+    support: none
+notes:
+  - Needs root, C(unshare)/C(nsenter) (util-linux), C(ip) (iproute2), C(sshd) and C(ssh-keygen).
+author: CRIU migration suite
+"""
+
+EXAMPLES = r"""
+- name: Bring the lab up
+  local_lab:
+    state: present
+    pairs: 1
+    lab_dir: "{{ playbook_dir | dirname }}/.lab"
+  register: lab
+"""
+
+RETURN = r"""
+hosts:
+  description: The lab's hosts.
+  returned: state=present
+  type: list
+  elements: dict
+  sample: [{name: source, group: source, address: 10.77.0.11, peer: destination, init_pid: 4242}]
+private_key:
+  description: The lab's SSH private key (authorised on every host).
+  returned: always
+  type: str
+  sample: /work/main/.lab/id_ed25519
+known_hosts:
+  description: The known_hosts file with every host's pinned key.
+  returned: always
+  type: str
+  sample: /work/main/.lab/known_hosts
+shared_dir:
+  description: The control-side folder mounted at /mnt/criu-shared in every host.
+  returned: always
+  type: str
+  sample: /work/main/.lab/shared
+created:
+  description: Hosts (re)created by this call.
+  returned: always
+  type: list
+  elements: str
+  sample: [source, destination]
+removed:
+  description: Hosts removed by this call.
+  returned: always
+  type: list
+  elements: str
+  sample: []
+duration_s:
+  description: Seconds this call took.
+  returned: always
+  type: float
+  sample: 1.8
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.lab_layout import (
+    BRIDGE,
+    INIT_MARKER,
+    PRIVATE_MOUNTS,
+    SHARED_MOUNT,
+    SOURCE_FIRST_PID,
+    LabHost,
+    bridge_address,
+    known_hosts_line,
+    lab_hosts,
+    prefix_length,
+    sshd_config,
+)
+
+# The host's init: reaps every orphan so no zombie keeps a PID that a restore needs.
+REAPER = """
+import os, sys, time
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.2)
+"""
+
+
+class LabError(Exception):
+    pass
+
+
+class Lab:
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.dir = Path(module.params["lab_dir"])
+        self.subnet: str = module.params["subnet"]
+        self.state_file = self.dir / "state.json"
+        self.key = self.dir / "id_ed25519"
+        self.known_hosts = self.dir / "known_hosts"
+        self.shared = self.dir / "shared"
+        self.bins = {
+            name: module.get_bin_path(name, required=True, opt_dirs=["/usr/sbin", "/sbin"])
+            for name in ("unshare", "nsenter", "ip", "sshd", "ssh-keygen", "mount")
+        }
+
+    # -- small helpers -------------------------------------------------------------
+    def run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise LabError(
+                f"{' '.join(argv)} failed (rc={proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+            )
+        return proc
+
+    def in_host(
+        self, init_pid: int, argv: list[str], check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run([self.bins["nsenter"], "-t", str(init_pid), "-a", "--", *argv], check=check)
+
+    def load_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {"hosts": {}}
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        tmp.replace(self.state_file)
+
+    # -- keys ------------------------------------------------------------------------
+    def ensure_keys(self, hosts: list[LabHost]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.shared.mkdir(exist_ok=True)
+        if not self.key.exists():
+            self.run(
+                [
+                    self.bins["ssh-keygen"],
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "criu-lab",
+                    "-f",
+                    str(self.key),
+                ]
+            )
+        (self.dir / "authorized_keys").write_text(Path(f"{self.key}.pub").read_text())
+        for host in hosts:
+            host_dir = self.dir / "hosts" / host.name
+            host_dir.mkdir(parents=True, exist_ok=True)
+            host_key = host_dir / "ssh_host_ed25519_key"
+            if not host_key.exists():
+                self.run(
+                    [
+                        self.bins["ssh-keygen"],
+                        "-q",
+                        "-t",
+                        "ed25519",
+                        "-N",
+                        "",
+                        "-C",
+                        host.name,
+                        "-f",
+                        str(host_key),
+                    ]
+                )
+
+    def write_known_hosts(self, hosts: list[LabHost]) -> None:
+        lines = [
+            known_hosts_line(
+                host, (self.dir / "hosts" / host.name / "ssh_host_ed25519_key.pub").read_text()
+            )
+            for host in hosts
+        ]
+        self.known_hosts.write_text("\n".join(lines) + "\n")
+
+    # -- network ---------------------------------------------------------------------
+    def link_exists(self, name: str) -> bool:
+        return self.run([self.bins["ip"], "link", "show", "dev", name], check=False).returncode == 0
+
+    def ensure_bridge(self) -> bool:
+        if self.link_exists(BRIDGE):
+            return False
+        self.run([self.bins["ip"], "link", "add", BRIDGE, "type", "bridge"])
+        self.run([self.bins["ip"], "addr", "add", bridge_address(self.subnet), "dev", BRIDGE])
+        self.run([self.bins["ip"], "link", "set", BRIDGE, "up"])
+        return True
+
+    # -- processes -------------------------------------------------------------------
+    def stray_inits(self) -> dict[int, str]:
+        """Init processes of this lab's hosts, found by their marker (state or not)."""
+        found: dict[int, str] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = [arg.decode(errors="replace") for arg in argv]
+            if INIT_MARKER not in args or "unshare" in Path(args[0]).name:
+                continue
+            marker = args.index(INIT_MARKER)
+            # argv: python3 -c REAPER <marker> <lab dir> <host name> init
+            if args[marker + 1 : marker + 2] == [str(self.dir)] and len(args) > marker + 2:
+                found[int(entry.name)] = args[marker + 2]
+        return found
+
+    def host_init(self, host: str, state: dict[str, Any]) -> int | None:
+        info = state["hosts"].get(host)
+        if not info:
+            return None
+        pid = int(info.get("init_pid", 0))
+        return pid if pid and pid in self.stray_inits() else None
+
+    def healthy(self, host: LabHost, state: dict[str, Any]) -> bool:
+        init_pid = self.host_init(host.name, state)
+        if init_pid is None or state["hosts"][host.name].get("address") != host.address:
+            return False
+        if not self.link_exists(host.link):
+            return False
+        return self.ssh_banner(host.address, timeout=2.0)
+
+    @staticmethod
+    def ssh_banner(address: str, timeout: float) -> bool:
+        try:
+            with socket.create_connection((address, 22), timeout=timeout) as conn:
+                conn.settimeout(timeout)
+                return conn.recv(64).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    @staticmethod
+    def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        for pid in pids:
+            while _running(pid) and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+                    os.waitpid(pid, os.WNOHANG)
+                time.sleep(0.02)
+
+    def destroy_host(self, name: str, index: int | None, state: dict[str, Any]) -> None:
+        victims = [pid for pid, host in self.stray_inits().items() if host == name]
+        info = state["hosts"].pop(name, {})
+        for pid in victims:
+            # A pid namespace's init ignores SIGTERM; SIGKILL ends every process inside.
+            os.kill(pid, signal.SIGKILL)
+        self.wait_gone(victims)
+        for key in ("unshare_pid", "sshd_launcher_pid"):
+            pid = info.get(key)
+            if pid and _running(int(pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+                self.wait_gone([int(pid)])
+        if index is not None and self.link_exists(f"crlab{index}"):
+            self.run([self.bins["ip"], "link", "del", f"crlab{index}"], check=False)
+
+    def create_host(self, host: LabHost, disk_size: str) -> dict[str, Any]:
+        unshare = subprocess.Popen(
+            [
+                self.bins["unshare"], "--pid", "--mount", "--uts", "--net", "--fork", "--mount-proc",
+                "--propagation", "private",
+                "/usr/bin/python3", "-c", REAPER, INIT_MARKER, str(self.dir), host.name, "init",
+            ],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            close_fds=True, start_new_session=True,
+        )  # fmt: skip
+        init_pid = self.wait_init(unshare.pid)
+        # The host's own name and disks (mount points exist in the shared root filesystem).
+        self.in_host(init_pid, ["hostname", host.name])
+        for mount_point in (*PRIVATE_MOUNTS, SHARED_MOUNT):
+            Path(mount_point).mkdir(parents=True, exist_ok=True)
+        for mount_point in PRIVATE_MOUNTS:
+            options = "mode=1777" if mount_point == "/tmp" else "mode=0755"
+            if mount_point == "/var/lib/criu-migration":
+                options += f",size={disk_size}"
+            self.in_host(
+                init_pid, [self.bins["mount"], "-t", "tmpfs", "-o", options, "tmpfs", mount_point]
+            )
+        self.in_host(init_pid, [self.bins["mount"], "--bind", str(self.shared), SHARED_MOUNT])
+        self.in_host(init_pid, ["mkdir", "-p", "-m", "0755", "/run/sshd"])
+        if host.group == "source":
+            self.in_host(
+                init_pid,
+                [
+                    "/usr/bin/python3",
+                    "-c",
+                    f"open('/proc/sys/kernel/ns_last_pid', 'w').write('{SOURCE_FIRST_PID}')",
+                ],
+            )
+        # The link: control-side end on the bridge, host end renamed eth0 inside the host.
+        ip = self.bins["ip"]
+        if self.link_exists(host.link):
+            self.run([ip, "link", "del", host.link])
+        self.run([ip, "link", "add", host.link, "type", "veth", "peer", "name", host.link_peer])
+        self.run([ip, "link", "set", host.link_peer, "netns", str(init_pid)])
+        self.run([ip, "link", "set", host.link, "master", BRIDGE, "up"])
+        self.in_host(init_pid, [ip, "link", "set", "lo", "up"])
+        self.in_host(init_pid, [ip, "link", "set", host.link_peer, "name", "eth0"])
+        self.in_host(
+            init_pid,
+            [ip, "addr", "add", f"{host.address}/{prefix_length(self.subnet)}", "dev", "eth0"],
+        )
+        self.in_host(init_pid, [ip, "link", "set", "eth0", "up"])
+        sshd_pid = self.start_sshd(host, init_pid)
+        return {
+            "init_pid": init_pid,
+            "unshare_pid": unshare.pid,
+            "sshd_launcher_pid": sshd_pid,
+            "address": host.address,
+            "index": host.index,
+            "group": host.group,
+            "peer": host.peer,
+        }
+
+    def wait_init(self, unshare_pid: int) -> int:
+        children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                pids = children.read_text().split()
+            except OSError:
+                raise LabError(
+                    f"unshare ({unshare_pid}) exited before starting the host's init"
+                ) from None
+            if pids:
+                init_pid = int(pids[0])
+                # wait until the child exec'ed the reaper (its marker is visible)
+                if INIT_MARKER.encode() in Path(f"/proc/{init_pid}/cmdline").read_bytes():
+                    return init_pid
+            time.sleep(0.01)
+        raise LabError("the host's init did not start within 10 s")
+
+    def start_sshd(self, host: LabHost, init_pid: int) -> int:
+        host_dir = self.dir / "hosts" / host.name
+        config = host_dir / "sshd_config"
+        config.write_text(
+            sshd_config(
+                host.address,
+                str(host_dir / "ssh_host_ed25519_key"),
+                str(self.dir / "authorized_keys"),
+                "/run/sshd.pid",
+            )
+        )
+        test = self.in_host(init_pid, [self.bins["sshd"], "-t", "-f", str(config)], check=False)
+        if test.returncode != 0:
+            raise LabError(f"sshd -t rejects {config}: {test.stderr.strip()}")
+        with (host_dir / "sshd.log").open("ab") as log:
+            launcher = subprocess.Popen(
+                [self.bins["nsenter"], "-t", str(init_pid), "-a", "--", self.bins["sshd"], "-D", "-e", "-f", str(config)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.ssh_banner(host.address, timeout=0.5):
+                return launcher.pid
+            if launcher.poll() is not None:
+                break
+            time.sleep(0.05)
+        tail = (host_dir / "sshd.log").read_text(errors="replace")[-1000:]
+        raise LabError(f"sshd of {host.name} did not answer on {host.address}:22; its log: {tail}")
+
+    # -- states ----------------------------------------------------------------------
+    def present(self, pairs: int, disk_size: str) -> dict[str, Any]:
+        hosts = lab_hosts(pairs, self.subnet)
+        state = self.load_state()
+        created: list[str] = []
+        removed: list[str] = []
+        wanted = {host.name for host in hosts}
+        self.ensure_keys(hosts)
+        bridge_created = self.ensure_bridge()
+        for name in sorted(set(state["hosts"]) | set(self.stray_inits().values())):
+            if name not in wanted:
+                self.destroy_host(name, state["hosts"].get(name, {}).get("index"), state)
+                removed.append(name)
+        for host in hosts:
+            if self.healthy(host, state):
+                continue
+            self.destroy_host(host.name, host.index, state)
+            state["hosts"][host.name] = self.create_host(host, disk_size)
+            created.append(host.name)
+            self.save_state(state)
+        state["subnet"] = self.subnet
+        self.save_state(state)
+        self.write_known_hosts(hosts)
+        return {
+            "changed": bool(created or removed or bridge_created),
+            "created": created,
+            "removed": removed,
+            "hosts": [
+                {
+                    "name": host.name,
+                    "group": host.group,
+                    "address": host.address,
+                    "peer": host.peer,
+                    "init_pid": state["hosts"][host.name]["init_pid"],
+                }
+                for host in hosts
+            ],
+        }
+
+    def absent(self) -> dict[str, Any]:
+        state = self.load_state()
+        names = sorted(set(state["hosts"]) | set(self.stray_inits().values()))
+        for name in names:
+            self.destroy_host(name, state["hosts"].get(name, {}).get("index"), state)
+        leftover_links = [
+            line.split(":")[1].strip().split("@")[0]
+            for line in self.run([self.bins["ip"], "-o", "link", "show"]).stdout.splitlines()
+            if line.split(":")[1].strip().startswith("crlab")
+        ]
+        for link in leftover_links:
+            self.run([self.bins["ip"], "link", "del", link], check=False)
+        self.state_file.unlink(missing_ok=True)
+        self.known_hosts.unlink(missing_ok=True)
+        return {
+            "changed": bool(names or leftover_links),
+            "created": [],
+            "removed": names,
+            "hosts": [],
+        }
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+            "pairs": {"type": "int", "default": 1},
+            "lab_dir": {"type": "path", "required": True},
+            "subnet": {"type": "str", "default": "10.77.0.0/24"},
+            "disk_size": {"type": "str", "default": "8g"},
+        },
+        supports_check_mode=False,
+    )
+    if os.geteuid() != 0:
+        module.fail_json(msg="the local lab needs root (namespaces, mounts, links)")
+    if module.params["pairs"] < 1:
+        module.fail_json(msg=f"lab_pairs must be at least 1, got {module.params['pairs']}")
+    started = time.monotonic()
+    lab = Lab(module)
+    try:
+        if module.params["state"] == "present":
+            result = lab.present(module.params["pairs"], module.params["disk_size"])
+        else:
+            result = lab.absent()
+    except LabError as exc:
+        module.fail_json(msg=f"local lab: {exc}", lab_dir=str(lab.dir))
+    result.update(
+        private_key=str(lab.key),
+        known_hosts=str(lab.known_hosts),
+        shared_dir=str(lab.shared),
+        lab_dir=str(lab.dir),
+        duration_s=round(time.monotonic() - started, 3),
+    )
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The built-in local lab's layout: host names, addresses, link names, sshd config.
+
+Pure functions, so the layout is unit-tested without starting anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+BRIDGE = "crlab0"
+DEFAULT_SUBNET = "10.77.0.0/24"
+# Mount points inside each host. The private ones are tmpfs: the host's own "disk".
+PRIVATE_MOUNTS = ("/run", "/root", "/tmp", "/var/log", "/var/lib/criu-migration")
+SHARED_MOUNT = "/mnt/criu-shared"
+# Source hosts allocate PIDs from here up (pid_max is 32768 on this machine kind), so a
+# workload's PID is free on its destination, whose own PIDs stay low.
+SOURCE_FIRST_PID = 16000
+INIT_MARKER = "criu-lab-init"
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    group: str  # "source" or "destination"
+    index: int  # 1-based position, stable for a given pair count
+    address: str
+    peer: str  # the other host of the pair
+
+    @property
+    def link(self) -> str:
+        """The control-side end of the host's veth pair (<= 15 chars)."""
+        return f"crlab{self.index}"
+
+    @property
+    def link_peer(self) -> str:
+        """The host-side end before it is moved into the host and renamed eth0."""
+        return f"crlabp{self.index}"
+
+
+def lab_hosts(pairs: int, subnet: str = DEFAULT_SUBNET) -> list[LabHost]:
+    """Hosts for `pairs` source/destination pairs.
+
+    One pair is named `source` / `destination` (SPEC.md); several are `source-1` /
+    `destination-1`, `source-2`, ...
+    """
+    if pairs < 1:
+        raise ValueError(f"lab_pairs must be at least 1, got {pairs}")
+    network = ipaddress.ip_network(subnet)
+    if network.num_addresses < 2 * pairs + 12:
+        raise ValueError(f"subnet {subnet} is too small for {pairs} pairs")
+    base = network.network_address
+    hosts: list[LabHost] = []
+    for pair in range(1, pairs + 1):
+        suffix = "" if pairs == 1 else f"-{pair}"
+        src, dst = f"source{suffix}", f"destination{suffix}"
+        src_index, dst_index = 2 * pair - 1, 2 * pair
+        hosts.append(LabHost(src, "source", src_index, str(base + 10 + src_index), dst))
+        hosts.append(LabHost(dst, "destination", dst_index, str(base + 10 + dst_index), src))
+    return hosts
+
+
+def bridge_address(subnet: str = DEFAULT_SUBNET) -> str:
+    """The control node's address on the lab bridge, with prefix length."""
+    network = ipaddress.ip_network(subnet)
+    return f"{network.network_address + 1}/{network.prefixlen}"
+
+
+def prefix_length(subnet: str = DEFAULT_SUBNET) -> int:
+    return ipaddress.ip_network(subnet).prefixlen
+
+
+def sshd_config(address: str, host_key: str, authorized_keys: str, pid_file: str) -> str:
+    """A per-host sshd configuration (key authentication only)."""
+    return "\n".join(
+        [
+            f"ListenAddress {address}",
+            "Port 22",
+            f"HostKey {host_key}",
+            f"PidFile {pid_file}",
+            f"AuthorizedKeysFile {authorized_keys}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PubkeyAuthentication yes",
+            "UsePAM no",
+            "UseDNS no",
+            # The lab's files live in the repo; their owners and modes are not sshd's business.
+            "StrictModes no",
+            # Ansible opens many sessions at once (forks, ControlPersist).
+            "MaxStartups 100:30:200",
+            "MaxSessions 100",
+            "Subsystem sftp /usr/lib/openssh/sftp-server",
+            "AcceptEnv LANG LC_*",
+            "",
+        ]
+    )
+
+
+def known_hosts_line(host: LabHost, public_key: str) -> str:
+    """`address,name keytype key` for the lab's known_hosts."""
+    key_type, key = public_key.split()[:2]
+    return f"{host.address},{host.name} {key_type} {key}"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# `make test`: lint, then the whole pytest suite. pytest's exit code 5 (nothing collected)
+# is a failure here.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export ANSIBLE_CONFIG="$PWD/ansible.cfg"
+.venv/bin/ruff check . || exit 1
+.venv/bin/ruff format --check . || exit 1
+.venv/bin/pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "make test: pytest collected no tests - that is a failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# `make setup`: everything the suite needs on a fresh Debian 12 machine, as root.
+# Idempotent: a second run checks, changes nothing and says so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+VENV="$REPO/.venv"
+STAMP_DIR="$REPO/.cache/setup"
+mkdir -p "$STAMP_DIR"
+t0=$(date +%s.%N)
+changed=()
+
+if [ "$(id -u)" != 0 ]; then
+  echo "make setup must run as root (it installs Debian packages, CRIU and the lab's tools)." >&2
+  exit 1
+fi
+
+# Debian packages: the lab (sshd, namespaces, bridge), the transfers (rsync, zstd), output
+# capture (strace), CRIU's network lock (nftables), the workloads' real parts (redis-server,
+# ffmpeg, numpy and the redis client for the nodes' /usr/bin/python3), the guest lab
+# (qemu, debootstrap) and Python's venv.
+APT_PACKAGES=(
+  openssh-server openssh-client rsync zstd strace nftables iproute2 procps psmisc util-linux
+  redis-server ffmpeg python3 python3-venv python3-numpy python3-redis
+  qemu-system-x86 qemu-utils debootstrap e2fsprogs cpio busybox-static
+  ca-certificates xz-utils
+)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+  [ "$status" = installed ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d: packages such as redis-server must not start services on this machine
+  # (the lab's hosts start their own).
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  changed+=("debian packages")
+fi
+
+# The control node's virtualenv, pinned (requirements.txt).
+req_hash=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/ansible-playbook" ] || [ "$(cat "$STAMP_DIR/venv" 2>/dev/null)" != "$req_hash" ]; then
+  echo "setup: building the control virtualenv in .venv (requirements.txt)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV/bin/pip" install -q -r requirements.txt
+  echo "$req_hash" > "$STAMP_DIR/venv"
+  changed+=("control virtualenv")
+fi
+
+# CRIU (the criu role) and the workloads' node-side dependencies, on this machine: the
+# lab's hosts share its filesystem.
+export ANSIBLE_CONFIG="$REPO/ansible.cfg"
+out=$("$VENV/bin/ansible-playbook" -i localhost, playbooks/setup.yml 2>&1) || { echo "$out"; exit 1; }
+summary=$(printf '%s\n' "$out" | grep -E '^localhost +:' || true)
+if printf '%s' "$summary" | grep -qE 'changed=[1-9]'; then
+  printf '%s\n' "$out" | grep -E '^(TASK|changed:)' | grep -B1 '^changed' | grep '^TASK' | sed 's/^/setup: /'
+  changed+=("CRIU / workload dependencies")
+fi
+criu_line=$(printf '%s\n' "$out" | grep -oE 'CRIU [0-9.]+ at [^ ]+.*' | head -1 || true)
+
+t1=$(date +%s.%N)
+elapsed=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
+if [ ${#changed[@]} -eq 0 ]; then
+  echo "setup: nothing to do, everything is installed (${elapsed} s). ${criu_line}"
+else
+  echo "setup: done in ${elapsed} s; changed: ${changed[*]}. ${criu_line}"
+fi
