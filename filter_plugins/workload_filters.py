@@ -29,6 +29,16 @@ def workload_dependencies(directory: str, workloads: str | list[str]) -> dict[st
     return merged
 
 
+def workload_declaration(directory: str, name: str) -> dict[str, Any]:
+    """Workload `name`'s declaration as a plain dict (script, criu, continuity, ports ...)."""
+    import yaml
+
+    registry = load_registry(directory)
+    if name not in registry:
+        raise ValueError(f"unknown workload {name!r}; valid: {', '.join(sorted(registry))}")
+    return yaml.safe_load((Path(directory) / f"{name}.yml").read_text())
+
+
 def workload_command(
     params: dict[str, Any],
     directory: str,
@@ -46,4 +56,5 @@ class FilterModule:
         return {
             "workload_dependencies": workload_dependencies,
             "workload_command": workload_command,
+            "workload_declaration": workload_declaration,
         }

@@ -121,6 +121,10 @@ options:
     type: list
     elements: str
     default: []
+  metrics_phase:
+    description: The phase the metrics callback files this call under (default from I(action),
+      e.g. C(rollback) for a restore on the source after a failure).
+    type: str
   timeout:
     description: Seconds before the CRIU call is killed and the task fails.
     type: int
@@ -248,11 +252,7 @@ from ansible.module_utils.criu_cli import (
     parse_criu_version,
     version_string,
 )
-from ansible.module_utils.criu_stats import (
-    read_stats_image,
-    summarize_dump_stats,
-    summarize_restore_stats,
-)
+from ansible.module_utils.criu_stats import summarize_stats_image
 
 # CRIU writes these into its work dir after each call.
 _STATS_IMAGE = {"dump": "stats-dump", "pre-dump": "stats-dump", "restore": "stats-restore"}
@@ -351,6 +351,18 @@ class CriuRunner:
             },
             "features": features,
             "kernel": platform.release(),
+            "migration_metrics": {
+                "phase": "environment",
+                "data": {
+                    "kernel": platform.release(),
+                    "criu": version_string(version),
+                    "criu_bin": self.criu_bin,
+                    "criu_check": verdict.summary,
+                    "features": features,
+                    "hostname": self.host,
+                    "machine": platform.machine(),
+                },
+            },
         }
 
     def run_action(self) -> dict[str, Any]:
@@ -385,11 +397,8 @@ class CriuRunner:
             self._fail(argv, rc, output, log_file, duration_s=round(duration, 6))
 
         if self.action in _STATS_IMAGE and stats_image.exists():
-            raw = read_stats_image(str(stats_image))
-            if self.action == "restore":
-                result["stats"] = summarize_restore_stats(raw)
-            else:
-                result["stats"] = summarize_dump_stats(raw)
+            summary = summarize_stats_image(str(stats_image))
+            result["stats"] = summary.get("restore" if self.action == "restore" else "dump", {})
         if pidfile is not None:
             result["pid"] = self._read_pid(pidfile, argv, output, log_file)
         if self.action in _PHASE:
@@ -400,7 +409,8 @@ class CriuRunner:
             data["stats"] = result.get("stats", {})
             if "pid" in result:
                 data["pid"] = result["pid"]
-            result["migration_metrics"] = {"phase": _PHASE[self.action], "data": data}
+            phase = self.params["metrics_phase"] or _PHASE[self.action]
+            result["migration_metrics"] = {"phase": phase, "data": data}
         return result
 
     def _read_pid(self, pidfile: Path, argv: list[str], output: str, log_file: Path) -> int:
@@ -477,6 +487,7 @@ def main() -> None:
             "daemon": {"type": "bool", "default": True},
             "state": {"type": "str", "default": "started", "choices": ["started", "stopped"]},
             "extra_args": {"type": "list", "elements": "str", "default": []},
+            "metrics_phase": {"type": "str"},
             "timeout": {"type": "int", "default": 600},
         },
         required_if=[

@@ -1,0 +1,58 @@
+"""Jinja filters for the preflight: validate and plan an experiment before any host is touched."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "module_utils"))
+
+from experiment_plan import gating_errors, plan_experiment, required_ports
+from workload_registry import load_registry
+
+
+def migration_plan(
+    groups: Mapping[str, list[str]], hostvars: Any, registry_dir: str
+) -> dict[str, Any]:
+    """Validate the experiment (read from the first source host's variables) and its pairs."""
+
+    def host_var(host: str, name: str) -> Any:
+        try:
+            return hostvars[host].get(name)
+        except KeyError:
+            return None
+
+    sources = list(groups.get("source") or [])
+    variables: Mapping[str, Any] = hostvars[sources[0]] if sources else hostvars["localhost"]
+    registry = load_registry(registry_dir)
+    return plan_experiment(variables, registry, groups, host_var).as_dict()
+
+
+def migration_gating(
+    facts: dict[str, Any], host: str, role: str, settings: dict[str, Any], workload: dict[str, Any]
+) -> list[str]:
+    """Kernel / CRIU features `host` lacks for the experiment (criu role facts)."""
+    return gating_errors(facts, host, role, settings, workload)
+
+
+def migration_ports(
+    workload: dict[str, Any], role: str, settings: dict[str, Any], params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Ports that must be free on a pair host."""
+    return required_ports(workload, role, settings, params)
+
+
+def migration_port_message(item: dict[str, Any], host: str) -> str:
+    return f"port {item['port']} is already in use on {host} (needed by {item['why']})"
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "migration_plan": migration_plan,
+            "migration_gating": migration_gating,
+            "migration_ports": migration_ports,
+            "migration_port_message": migration_port_message,
+        }

@@ -1,0 +1,206 @@
+#!/usr/bin/python
+"""Ansible module: create an experiment's results folders and announce it to the callback."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: migration_experiment
+short_description: Create a migration experiment's results folders
+description:
+  - Runs on the control node after the preflight validated everything. Creates
+    C(<results_root>/<workload>_<UTC timestamp>[_<source host>]) with C(source/) and C(dest/)
+    for each pair (the source host is appended when there are several pairs), and
+    returns the experiment under C(migration_experiment), which the C(migration_metrics)
+    callback reads to know the pairs and where to write C(metrics.json).
+  - Records the control node's environment (git revision, Ansible and Python versions).
+options:
+  name:
+    description: The experiment's name (C(experiment_name)).
+    type: str
+    required: true
+  workload:
+    description: The workload's name.
+    type: str
+    required: true
+  params:
+    description: The workload's resolved parameters.
+    type: dict
+    default: {}
+  settings:
+    description: The experiment's validated settings (strategy, transfer, ...).
+    type: dict
+    default: {}
+  pairs:
+    description: Source/destination pairs, each C({source, destination}).
+    type: list
+    elements: dict
+    required: true
+  results_root:
+    description: Folder under which the results folder is created.
+    type: path
+    required: true
+  migration_root:
+    description: The nodes' experiment folder (images and working directories go below it).
+    type: str
+    default: /var/lib/criu-migration
+  inventory:
+    description: The inventory in use (recorded).
+    type: str
+  suite_dir:
+    description: The suite's checkout (for its git revision).
+    type: path
+attributes:
+  check_mode:
+    support: none
+author: CRIU migration suite
+"""
+
+EXAMPLES = r"""
+- name: Create the results folders
+  migration_experiment:
+    name: default-experiment
+    workload: memory
+    params: {mb_size: 64}
+    pairs: [{source: source, destination: destination}]
+    results_root: "{{ playbook_dir }}/results"
+  register: experiment
+"""
+
+RETURN = r"""
+migration_experiment:
+  description: The experiment, as the metrics callback and later plays use it.
+  returned: always
+  type: dict
+  sample:
+    id: memory_20261126_051500
+    pairs: [{source: source, destination: destination, results_dir: /work/main/results/memory_20261126_051500,
+             working_dir: /var/lib/criu-migration/work/memory_20261126_051500,
+             checkpoint_dir: /var/lib/criu-migration/images/memory_20261126_051500}]
+"""
+
+import datetime as dt
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def git_revision(directory: str | None) -> str:
+    if not directory:
+        return ""
+    try:
+        out = subprocess.run(
+            ["git", "-C", directory, "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip()
+
+
+def unique_dir(root: Path, name: str) -> Path:
+    """root/name, or root/name-2, -3 ... when a run in the same second already took it."""
+    candidate = root / name
+    counter = 2
+    while (
+        candidate.exists()
+        or any(root.glob(f"{candidate.name}_failed"))
+        or any(root.glob(f"{candidate.name}_exception"))
+    ):
+        candidate = root / f"{name}-{counter}"
+        counter += 1
+    return candidate
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "workload": {"type": "str", "required": True},
+            "params": {"type": "dict", "default": {}},
+            "settings": {"type": "dict", "default": {}},
+            "pairs": {"type": "list", "elements": "dict", "required": True},
+            "results_root": {"type": "path", "required": True},
+            "migration_root": {"type": "str", "default": "/var/lib/criu-migration"},
+            "inventory": {"type": "str"},
+            "suite_dir": {"type": "path"},
+        },
+        supports_check_mode=False,
+    )
+    params = module.params
+    started = time.time()
+    stamp = dt.datetime.fromtimestamp(started, tz=dt.UTC).strftime("%Y%m%d_%H%M%S")
+    root = Path(params["results_root"])
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        module.fail_json(msg=f"cannot create results_root {root}: {exc}")
+    base = f"{params['workload']}_{stamp}"
+    several = len(params["pairs"]) > 1
+    experiment_id = unique_dir(root, base).name
+    pairs = []
+    for pair in params["pairs"]:
+        folder = f"{experiment_id}_{pair['source']}" if several else experiment_id
+        results_dir = unique_dir(root, folder)
+        for side in ("source", "dest"):
+            (results_dir / side).mkdir(parents=True)
+        pairs.append(
+            {
+                "source": pair["source"],
+                "destination": pair["destination"],
+                "source_address": pair.get("source_address", pair["source"]),
+                "destination_address": pair.get("destination_address", pair["destination"]),
+                "results_dir": str(results_dir),
+                "working_dir": f"{params['migration_root']}/work/{experiment_id}",
+                "checkpoint_dir": f"{params['migration_root']}/images/{experiment_id}",
+            }
+        )
+    settings = params["settings"]
+    experiment = {
+        "id": experiment_id,
+        "name": params["name"],
+        "started_at_epoch": started,
+        "workload": {"type": params["workload"], "params": params["params"]},
+        "strategy": {
+            "mode": settings.get("strategy"),
+            "lazy_pages": settings.get("lazy_pages", False),
+            "page_server": settings.get("page_server", False),
+            "predump_iterations": settings.get("predump_iterations"),
+            "predump_interval": settings.get("predump_interval"),
+            "predump_mode": settings.get("predump_mode"),
+            "lazy_pages_mode": settings.get("lazy_pages_mode"),
+        },
+        "transfer": {
+            "method": settings.get("transfer"),
+            "cipher": settings.get("transfer_cipher"),
+            "compress": settings.get("transfer_compress"),
+            "verify": settings.get("transfer_verify"),
+        },
+        "deadline_s": settings.get("deadline_s") or None,
+        "settings": settings,
+        "inventory": params["inventory"],
+        "pairs": pairs,
+        "control": {
+            "host": platform.node(),
+            "git_revision": git_revision(params["suite_dir"]),
+            "python": platform.python_version(),
+            "ansible": _ansible_version(),
+        },
+    }
+    module.exit_json(changed=True, migration_experiment=experiment)
+
+
+def _ansible_version() -> str:
+    try:
+        from ansible.release import __version__
+
+        return str(__version__)
+    except ImportError:
+        return ""
+
+
+if __name__ == "__main__":
+    main()

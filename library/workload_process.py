@@ -1,0 +1,299 @@
+#!/usr/bin/python
+"""Ansible module: start a standalone workload the way CRIU needs it, and watch it."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: workload_process
+short_description: Start a workload for checkpointing, or check / await its process
+description:
+  - C(state=started) starts a workload's command line detached from the Ansible session
+    the way CRIU needs it - in a new session (C(setsid)), stdio on C(/dev/null), no inherited
+    file descriptors, cwd in its working directory - after creating the working directory
+    and C(checkpoint_flag); then waits until it writes C(checkpoint_ready) with C(ready:<pid>).
+  - C(state=running) / C(state=absent) check that a PID runs (not a zombie) or does not, and
+    fail otherwise. C(state=exited) waits up to I(timeout) for the process to end.
+  - C(state=probed) only reports whether the PID runs.
+options:
+  state:
+    description: What to do.
+    type: str
+    choices: [started, running, absent, exited, probed]
+    default: started
+  argv:
+    description: The workload's command line (state=started), a list, never a shell string.
+    type: list
+    elements: str
+  working_dir:
+    description: The workload's working directory (created; holds the protocol files).
+    type: path
+  create_flag:
+    description: Create C(checkpoint_flag) in I(working_dir) before the start.
+    type: bool
+    default: true
+  pid:
+    description: The process to check (states running, absent, exited, probed).
+    type: int
+  progress_lines:
+    description: After C(checkpoint_ready), also wait until C(progress.log) has this many lines
+      (state=started), so that a line written before the freeze exists.
+    type: int
+    default: 0
+  timeout:
+    description: Seconds to wait for C(checkpoint_ready) (started) or for the exit (exited).
+    type: float
+    default: 120
+  env:
+    description: Extra environment variables for the workload.
+    type: dict
+    default: {}
+attributes:
+  check_mode:
+    support: partial
+    details: C(started) and C(exited) do nothing in check mode; the checks run.
+author: CRIU migration suite
+"""
+
+EXAMPLES = r"""
+- name: Start the memory workload
+  workload_process:
+    argv: [/opt/criu-migration/venv/bin/python3, /opt/criu-migration/workloads/memory_standalone.py,
+           --working-dir, /var/lib/criu-migration/work/e1, --mb-size, "64"]
+    working_dir: /var/lib/criu-migration/work/e1
+  register: started
+
+- name: The workload must be gone from the source
+  workload_process:
+    state: absent
+    pid: "{{ started.pid }}"
+"""
+
+RETURN = r"""
+pid:
+  description: The workload's PID.
+  returned: always
+  type: int
+  sample: 16020
+running:
+  description: Whether the PID runs (not a zombie).
+  returned: always
+  type: bool
+  sample: true
+ready_s:
+  description: Seconds from the start until checkpoint_ready appeared.
+  returned: state=started
+  type: float
+  sample: 0.41
+started_at:
+  description: Wall-clock start, seconds since the epoch (host clock).
+  returned: state=started
+  type: float
+  sample: 1764150000.0
+cmdline:
+  description: The process's command line, when it runs.
+  returned: when running
+  type: list
+  elements: str
+  sample: [/opt/criu-migration/venv/bin/python3, memory_standalone.py]
+migration_metrics:
+  description: What the metrics callback records (state=started).
+  returned: state=started
+  type: dict
+  sample: {phase: workload_start, data: {pid: 16020, ready_s: 0.41}}
+"""
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+# A clean environment: the SSH session's variables must not leak into the workload.
+_BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "HOME": "/root",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of `pid`, or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def is_running(pid: int) -> bool:
+    state = process_state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return 0
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+class WorkloadProcess:
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.params = module.params
+        self.host = platform.node()
+
+    def start(self) -> dict[str, Any]:
+        argv = self.params["argv"]
+        working_dir = Path(self.params["working_dir"] or "")
+        if not argv or not self.params["working_dir"]:
+            self.module.fail_json(msg="state=started needs argv and working_dir")
+        if self.module.check_mode:
+            return {"changed": True, "pid": 0, "running": False, "msg": "check mode: not started"}
+        working_dir.mkdir(parents=True, exist_ok=True)
+        ready = working_dir / "checkpoint_ready"
+        error_log = working_dir / "workload_error.log"
+        ready.unlink(missing_ok=True)
+        if self.params["create_flag"]:
+            (working_dir / "checkpoint_flag").touch()
+        env = dict(_BASE_ENV, **{k: str(v) for k, v in self.params["env"].items()})
+        started_at = time.time()
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=working_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,  # CRIU fails on stray inherited descriptors
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.module.fail_json(msg=f"cannot start the workload on {self.host}: {exc}", argv=argv)
+        deadline = t0 + self.params["timeout"]
+        expected = f"ready:{proc.pid}"
+        progress = working_dir / "progress.log"
+        while time.monotonic() < deadline:
+            if (
+                ready.exists()
+                and ready.read_text().strip() == expected
+                and (
+                    self.params["progress_lines"] <= 0
+                    or _count_lines(progress) >= self.params["progress_lines"]
+                )
+            ):
+                return {
+                    "changed": True,
+                    "pid": proc.pid,
+                    "running": True,
+                    "ready_s": round(time.monotonic() - t0, 3),
+                    "started_at": started_at,
+                    "argv": argv,
+                    "cmdline": cmdline(proc.pid),
+                    "migration_metrics": {
+                        "phase": "workload_start",
+                        "data": {
+                            "pid": proc.pid,
+                            "ready_s": round(time.monotonic() - t0, 3),
+                            "started_at": started_at,
+                            "argv": argv,
+                        },
+                    },
+                }
+            rc = proc.poll()
+            if rc is not None:
+                detail = error_log.read_text(errors="replace")[-3000:] if error_log.exists() else ""
+                self.module.fail_json(
+                    msg=f"the workload exited with status {rc} on {self.host} before it was ready"
+                    + (
+                        f"; {error_log}: {detail.strip().splitlines()[-1]}"
+                        if detail.strip()
+                        else ""
+                    ),
+                    argv=argv,
+                    rc=rc,
+                    error_log=detail,
+                )
+            time.sleep(0.05)
+        self.module.fail_json(
+            msg=f"the workload (pid {proc.pid}) on {self.host} did not write {ready} "
+            f"within {self.params['timeout']} s; it is left running",
+            pid=proc.pid,
+            argv=argv,
+        )
+        raise AssertionError("unreachable")
+
+    def check(self, state: str) -> dict[str, Any]:
+        pid = self.params["pid"]
+        if not pid:
+            self.module.fail_json(msg=f"state={state} needs pid")
+        if state == "exited" and not self.module.check_mode:
+            deadline = time.monotonic() + self.params["timeout"]
+            while is_running(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        running = is_running(pid)
+        result: dict[str, Any] = {
+            "changed": False,
+            "pid": pid,
+            "running": running,
+            "host": self.host,
+        }
+        if running:
+            result["cmdline"] = cmdline(pid)
+        if state == "running" and not running:
+            self.module.fail_json(msg=f"process {pid} does not run on {self.host}", **result)
+        if state == "exited" and not running:
+            result["migration_metrics"] = {"phase": "finish", "data": {"pid": pid, "exited": True}}
+        if state in ("absent", "exited") and running and not self.module.check_mode:
+            self.module.fail_json(
+                msg=f"process {pid} still runs on {self.host}: {' '.join(result['cmdline'])[:200]}",
+                **result,
+            )
+        return result
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "state": {
+                "type": "str",
+                "default": "started",
+                "choices": ["started", "running", "absent", "exited", "probed"],
+            },
+            "argv": {"type": "list", "elements": "str"},
+            "working_dir": {"type": "path"},
+            "create_flag": {"type": "bool", "default": True},
+            "pid": {"type": "int"},
+            "timeout": {"type": "float", "default": 120},
+            "progress_lines": {"type": "int", "default": 0},
+            "env": {"type": "dict", "default": {}},
+        },
+        required_if=[("state", "started", ("argv", "working_dir"))],
+        supports_check_mode=True,
+    )
+    worker = WorkloadProcess(module)
+    state = module.params["state"]
+    if state == "started":
+        module.exit_json(**worker.start())
+    module.exit_json(**worker.check(state))
+
+
+if __name__ == "__main__":
+    os.umask(0o022)
+    main()
