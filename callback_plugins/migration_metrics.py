@@ -9,7 +9,7 @@ short_description: Record a CRIU migration's timings and write metrics.json
 description:
   - Times every task per (host, task) from v2_runner_on_start to its result with a
     monotonic clock, and keeps wall-clock UTC stamps for cross-host timelines.
-  - Assigns each task to a phase by its role (module_utils/migration_metrics.py ROLE_PHASES).
+  - Assigns each task to a phase by its role (module_utils/metrics_report.py ROLE_PHASES).
   - Collects what modules return under C(migration_metrics) (CRIU's own figures, transfer
     sizes, verification) and the experiment announced by the C(migration_experiment)
     module, keeps a journal of where the workload is, and at the end writes one
@@ -31,7 +31,7 @@ from ansible.plugins.callback import CallbackBase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "module_utils"))
 
-from migration_metrics import (
+from metrics_report import (
     ROLE_PHASES,
     PairRecord,
     TaskRecord,

@@ -35,6 +35,11 @@ options:
   pid:
     description: The process to check (states running, absent, exited, probed).
     type: int
+  match:
+    description: Text the process's command line must contain to count as the workload
+      (e.g. its script name), so that another process that took the same PID is not
+      mistaken for it (states running, absent, exited, probed).
+    type: str
   progress_lines:
     description: After C(checkpoint_ready), also wait until C(progress.log) has this many lines
       (state=started), so that a line written before the freeze exists.
@@ -243,19 +248,21 @@ class WorkloadProcess:
         pid = self.params["pid"]
         if not pid:
             self.module.fail_json(msg=f"state={state} needs pid")
+        match = self.params["match"]
+
+        def workload_runs() -> bool:
+            return is_running(pid) and (not match or any(match in arg for arg in cmdline(pid)))
+
         if state == "exited" and not self.module.check_mode:
             deadline = time.monotonic() + self.params["timeout"]
-            while is_running(pid) and time.monotonic() < deadline:
+            while workload_runs() and time.monotonic() < deadline:
                 time.sleep(0.1)
-        running = is_running(pid)
-        result: dict[str, Any] = {
-            "changed": False,
-            "pid": pid,
-            "running": running,
-            "host": self.host,
-        }
-        if running:
+        running = workload_runs()
+        result: dict[str, Any] = {"changed": False, "pid": pid, "running": running, "host": self.host}
+        if is_running(pid):
             result["cmdline"] = cmdline(pid)
+            if not running:
+                result["msg"] = f"PID {pid} is held by another process, not the workload ({match})"
         if state == "running" and not running:
             self.module.fail_json(msg=f"process {pid} does not run on {self.host}", **result)
         if state == "exited" and not running:
@@ -282,6 +289,7 @@ def main() -> None:
             "pid": {"type": "int"},
             "timeout": {"type": "float", "default": 120},
             "progress_lines": {"type": "int", "default": 0},
+            "match": {"type": "str"},
             "env": {"type": "dict", "default": {}},
         },
         required_if=[("state", "started", ("argv", "working_dir"))],

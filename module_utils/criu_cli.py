@@ -176,8 +176,11 @@ def log_tail(text: str, lines: int = 25) -> str:
 
 
 def first_error(text: str) -> str:
-    """The first `Error` line of a CRIU log (CRIU's first complaint is usually the cause)."""
+    """The first `Error` line of a CRIU log (CRIU's first complaint is usually the cause).
+
+    Lines CRIU prints on every run of this kind of host (_HARMLESS) are skipped.
+    """
     for line in (text or "").splitlines():
-        if "Error" in line:
+        if "Error" in line and not any(p.search(line) for p in _HARMLESS):
             return line.strip()
     return ""

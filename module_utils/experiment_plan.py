@@ -19,6 +19,7 @@ TRANSFERS_NOT_YET = {"s3": "the S3 backend", "ebs": "the EBS backend"}
 PREDUMP_MODES = ("fixed", "adaptive")
 LAZY_PAGES_MODES = ("images", "network")
 COMPRESSIONS = ("none", "zstd")
+FAULTS = ("none", "restore_pid_busy")
 SSH_CIPHERS = (
     "chacha20-poly1305@openssh.com",
     "aes128-gcm@openssh.com",
@@ -53,6 +54,8 @@ SETTINGS: dict[str, Param] = {
         Param("post_restore_capture_s", "float", 6.0, min=0.0, max=3600.0, unit="s"),
         Param("ready_timeout_s", "float", 120.0, min=1.0, unit="s"),
         Param("deadline_s", "float", 0.0, min=0.0, unit="s"),
+        # Failure-path experiments: make a phase fail for real (see library/fault_inject.py).
+        Param("inject_fault", "str", "none", choices=FAULTS),
     )
 }
 
