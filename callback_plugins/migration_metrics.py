@@ -173,6 +173,9 @@ class CallbackModule(CallbackBase):
             metrics = data.get("migration_metrics")
             if isinstance(metrics, dict) and metrics.get("phase"):
                 phase_data = dict(metrics.get("data") or {})
+                if metrics["phase"] == "clock" and started is not None:
+                    # the control node's clock around the read, for the offset estimate
+                    phase_data["control_start"], phase_data["control_end"] = started[1], time.time()
                 pair.add(metrics["phase"], phase_data, host)
                 if status == "ok":  # the journal follows what really happened
                     self._journal_event(pair, metrics["phase"], phase_data, host)

@@ -344,6 +344,11 @@ still_traced:
   type: list
   elements: str
   sample: []
+migration_metrics:
+  description: What the suite's metrics callback records for this call.
+  returned: when a window ended (strace_capture) / always (workload_status)
+  type: dict
+  sample: {phase: capture, data: {window: pre_dump, bytes: 1234, lines: 20, first_write_ts: 1764150000.1, last_write_ts: 1764150004.9}}
 """
 
 import contextlib
@@ -881,6 +886,25 @@ def main() -> None:
         module.fail_json(
             **{**capture.paths(), **exc.details, "msg": str(exc), "host": capture.host}
         )
+    stats = result.get("stats")
+    if isinstance(stats, dict):
+        # The window's figures for the metrics callback (first/last write: the strace
+        # estimate of the app-perceived downtime).
+        result["migration_metrics"] = {
+            "phase": "capture",
+            "data": {
+                "window": module.params["label"],
+                "log_path": result.get("log_path"),
+                "start_epoch": result.get("start_epoch"),
+                "end_epoch": result.get("end_epoch"),
+                "bytes": result.get("bytes"),
+                "lines": result.get("lines"),
+                "writes": result.get("writes"),
+                "first_write_ts": stats.get("first_ts"),
+                "last_write_ts": stats.get("last_ts"),
+                "still_traced": result.get("still_traced"),
+            },
+        }
     module.exit_json(**result)
 
 

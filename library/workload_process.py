@@ -15,11 +15,13 @@ description:
   - C(state=running) / C(state=absent) check that a PID runs (not a zombie) or does not, and
     fail otherwise. C(state=exited) waits up to I(timeout) for the process to end.
   - C(state=probed) only reports whether the PID runs.
+  - C(state=ready) waits for a workload started with I(wait_ready=false) (e.g. so that a
+    tracer could attach first) to write C(checkpoint_ready) and its first progress lines.
 options:
   state:
     description: What to do.
     type: str
-    choices: [started, running, absent, exited, probed]
+    choices: [started, ready, running, absent, exited, probed]
     default: started
   argv:
     description: The workload's command line (state=started), a list, never a shell string.
@@ -40,6 +42,13 @@ options:
       (e.g. its script name), so that another process that took the same PID is not
       mistaken for it (states running, absent, exited, probed).
     type: str
+  wait_ready:
+    description: With state=started, wait for C(checkpoint_ready) before returning.
+    type: bool
+    default: true
+  started_at:
+    description: The start time returned by state=started (state=ready reports ready_s from it).
+    type: float
   progress_lines:
     description: After C(checkpoint_ready), also wait until C(progress.log) has this many lines
       (state=started), so that a line written before the freeze exists.
@@ -170,14 +179,11 @@ class WorkloadProcess:
         if self.module.check_mode:
             return {"changed": True, "pid": 0, "running": False, "msg": "check mode: not started"}
         working_dir.mkdir(parents=True, exist_ok=True)
-        ready = working_dir / "checkpoint_ready"
-        error_log = working_dir / "workload_error.log"
-        ready.unlink(missing_ok=True)
+        (working_dir / "checkpoint_ready").unlink(missing_ok=True)
         if self.params["create_flag"]:
             (working_dir / "checkpoint_flag").touch()
         env = dict(_BASE_ENV, **{k: str(v) for k, v in self.params["env"].items()})
         started_at = time.time()
-        t0 = time.monotonic()
         try:
             proc = subprocess.Popen(
                 argv,
@@ -191,56 +197,68 @@ class WorkloadProcess:
             )
         except OSError as exc:
             self.module.fail_json(msg=f"cannot start the workload on {self.host}: {exc}", argv=argv)
-        deadline = t0 + self.params["timeout"]
-        expected = f"ready:{proc.pid}"
+        result: dict[str, Any] = {
+            "changed": True,
+            "pid": proc.pid,
+            "running": True,
+            "started_at": started_at,
+            "argv": argv,
+        }
+        if self.params["wait_ready"]:
+            result.update(self.wait_ready(proc.pid, working_dir, started_at, proc))
+        result["migration_metrics"] = {
+            "phase": "workload_start",
+            "data": {
+                "pid": proc.pid,
+                "started_at": started_at,
+                "argv": argv,
+                "ready_s": result.get("ready_s"),
+            },
+        }
+        return result
+
+    def wait_ready(
+        self,
+        pid: int,
+        working_dir: Path,
+        started_at: float,
+        proc: subprocess.Popen[bytes] | None = None,
+    ) -> dict[str, Any]:
+        """Wait for `ready:<pid>` and the first progress lines; fail if the workload dies."""
+        ready = working_dir / "checkpoint_ready"
         progress = working_dir / "progress.log"
+        error_log = working_dir / "workload_error.log"
+        deadline = time.monotonic() + self.params["timeout"]
+        expected = f"ready:{pid}"
         while time.monotonic() < deadline:
             if (
                 ready.exists()
                 and ready.read_text().strip() == expected
-                and (
-                    self.params["progress_lines"] <= 0
-                    or _count_lines(progress) >= self.params["progress_lines"]
-                )
+                and _count_lines(progress) >= self.params["progress_lines"]
             ):
                 return {
-                    "changed": True,
-                    "pid": proc.pid,
                     "running": True,
-                    "ready_s": round(time.monotonic() - t0, 3),
-                    "started_at": started_at,
-                    "argv": argv,
-                    "cmdline": cmdline(proc.pid),
-                    "migration_metrics": {
-                        "phase": "workload_start",
-                        "data": {
-                            "pid": proc.pid,
-                            "ready_s": round(time.monotonic() - t0, 3),
-                            "started_at": started_at,
-                            "argv": argv,
-                        },
-                    },
+                    "ready_s": round(time.time() - started_at, 3),
+                    "cmdline": cmdline(pid),
                 }
-            rc = proc.poll()
-            if rc is not None:
+            rc = proc.poll() if proc is not None else None
+            if rc is not None or (proc is None and not is_running(pid)):
                 detail = error_log.read_text(errors="replace")[-3000:] if error_log.exists() else ""
+                last = detail.strip().splitlines()[-1] if detail.strip() else ""
                 self.module.fail_json(
-                    msg=f"the workload exited with status {rc} on {self.host} before it was ready"
-                    + (
-                        f"; {error_log}: {detail.strip().splitlines()[-1]}"
-                        if detail.strip()
-                        else ""
-                    ),
-                    argv=argv,
+                    msg=f"the workload (pid {pid}) exited on {self.host} before it was ready"
+                    + (f" (status {rc})" if rc is not None else "")
+                    + (f"; {error_log}: {last}" if last else ""),
+                    pid=pid,
                     rc=rc,
                     error_log=detail,
                 )
             time.sleep(0.05)
         self.module.fail_json(
-            msg=f"the workload (pid {proc.pid}) on {self.host} did not write {ready} "
-            f"within {self.params['timeout']} s; it is left running",
-            pid=proc.pid,
-            argv=argv,
+            msg=f"the workload (pid {pid}) on {self.host} did not write {ready} and "
+            f"{self.params['progress_lines']} progress lines within {self.params['timeout']} s; "
+            "it is left running",
+            pid=pid,
         )
         raise AssertionError("unreachable")
 
@@ -258,7 +276,12 @@ class WorkloadProcess:
             while workload_runs() and time.monotonic() < deadline:
                 time.sleep(0.1)
         running = workload_runs()
-        result: dict[str, Any] = {"changed": False, "pid": pid, "running": running, "host": self.host}
+        result: dict[str, Any] = {
+            "changed": False,
+            "pid": pid,
+            "running": running,
+            "host": self.host,
+        }
         if is_running(pid):
             result["cmdline"] = cmdline(pid)
             if not running:
@@ -281,7 +304,7 @@ def main() -> None:
             "state": {
                 "type": "str",
                 "default": "started",
-                "choices": ["started", "running", "absent", "exited", "probed"],
+                "choices": ["started", "ready", "running", "absent", "exited", "probed"],
             },
             "argv": {"type": "list", "elements": "str"},
             "working_dir": {"type": "path"},
@@ -289,6 +312,8 @@ def main() -> None:
             "pid": {"type": "int"},
             "timeout": {"type": "float", "default": 120},
             "progress_lines": {"type": "int", "default": 0},
+            "wait_ready": {"type": "bool", "default": True},
+            "started_at": {"type": "float"},
             "match": {"type": "str"},
             "env": {"type": "dict", "default": {}},
         },
@@ -299,6 +324,22 @@ def main() -> None:
     state = module.params["state"]
     if state == "started":
         module.exit_json(**worker.start())
+    if state == "ready":
+        if not module.params["pid"] or not module.params["working_dir"]:
+            module.fail_json(msg="state=ready needs pid and working_dir")
+        started_at = module.params["started_at"] or time.time()
+        ready = worker.wait_ready(
+            module.params["pid"], Path(module.params["working_dir"]), started_at
+        )
+        module.exit_json(
+            changed=False,
+            pid=module.params["pid"],
+            **ready,
+            migration_metrics={
+                "phase": "workload_ready",
+                "data": {"pid": module.params["pid"], **ready},
+            },
+        )
     module.exit_json(**worker.check(state))
 
 

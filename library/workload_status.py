@@ -139,6 +139,11 @@ taken_iso:
   returned: always
   type: str
   sample: "2026-11-26T04:58:43.633453Z"
+migration_metrics:
+  description: What the suite's metrics callback records for this call.
+  returned: when a window ended (strace_capture) / always (workload_status)
+  type: dict
+  sample: {phase: status, data: {window: pre_dump, rss_kb: 70000, threads: 1, fds: 5}}
 """
 
 import os
@@ -191,6 +196,13 @@ def main() -> None:
             msg=f"cannot write {module.params['dest']} on {socket.gethostname()}: {exc}",
             dest=module.params["dest"],
         )
+    result["migration_metrics"] = {
+        "phase": "status",
+        "data": {
+            "window": module.params["title"],
+            **{key: result.get(key) for key in ("running", "pids", "rss_kb", "vmsize_kb", "threads", "fds", "sockets")},
+        },
+    }
     module.exit_json(**result)
 
 

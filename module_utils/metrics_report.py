@@ -26,7 +26,7 @@ ROLE_PHASES = {
     "checkpoint_dump": "final_dump",
     "checkpoint_transfer": "transfer",
     "checkpoint_restore": "restore",
-    "workload_observe": "observe",
+    "workload_capture": "capture",
     "workload_verify": "verification",
     "migration_rollback": "rollback",
     "results_collect": "collect",
@@ -210,6 +210,61 @@ def migration_window(
     return start, end
 
 
+def clock_offsets(pair: PairRecord) -> dict[str, Any]:
+    """Each host's clock offset from the control node, and destination minus source.
+
+    A host read its clock somewhere between the control node's start and end stamps of
+    the task, so offset = host_time - midpoint, give or take half the round trip.
+    """
+    offsets: dict[str, Any] = {}
+    for role, host in (("source", pair.source), ("destination", pair.destination)):
+        reads = [
+            d
+            for d in pair.phases.get("clock", [])
+            if d.get("host") == host and "control_start" in d
+        ]
+        if not reads:
+            continue
+        read = reads[-1]
+        midpoint = (read["control_start"] + read["control_end"]) / 2
+        offsets[role] = {
+            "offset_s": round(read["host_time"] - midpoint, 6),
+            "uncertainty_s": round((read["control_end"] - read["control_start"]) / 2, 6),
+            "ntp_synchronized": read.get("ntp_synchronized"),
+        }
+    if "source" in offsets and "destination" in offsets:
+        offsets["destination_minus_source_s"] = round(
+            offsets["destination"]["offset_s"] - offsets["source"]["offset_s"], 6
+        )
+        offsets["uncertainty_s"] = round(
+            offsets["destination"]["uncertainty_s"] + offsets["source"]["uncertainty_s"], 6
+        )
+    return offsets
+
+
+def app_downtime_estimates(pair: PairRecord, verification: dict[str, Any]) -> dict[str, Any]:
+    """App-perceived downtime from progress.log and, independently, from strace.
+
+    Both compare a timestamp taken on the source before the freeze with one taken on the
+    destination after the restore, so both depend on the two clocks agreeing.
+    """
+    windows = {d.get("window"): d for d in pair.phases.get("capture", [])}
+    pre, post = windows.get("pre_dump", {}), windows.get("post_restore", {})
+    strace_s = None
+    if pre.get("last_write_ts") and post.get("first_write_ts"):
+        strace_s = round(post["first_write_ts"] - pre["last_write_ts"], 6)
+    return {
+        "progress_log_s": verification.get("app_downtime_s"),
+        "progress_log_method": "largest gap between consecutive progress.log timestamps, from the "
+        "last line written on the source to the first units of work on the destination",
+        "strace_s": strace_s,
+        "strace_method": "first write captured after the restore minus the last write captured "
+        "before the dump (an upper bound: it includes the tracer's detach and re-attach)",
+        "clocks": "source timestamps on the source's clock, destination timestamps on the "
+        "destination's; see clock_offsets",
+    }
+
+
 def task_phase_totals(tasks: list[TaskRecord]) -> dict[str, float]:
     """Wall time per phase, from its first task's start to its last task's end."""
     spans: dict[str, tuple[float, float]] = {}
@@ -282,13 +337,15 @@ def build_metrics(
             "started_at": iso_utc(window_start),
             "stopped_at": iso_utc(window_end),
         },
+        "app_downtime": app_downtime_estimates(pair, {"app_downtime_s": app_downtime}),
+        "clock_offsets": clock_offsets(pair),
         "deadlines": deadline_verdicts(migration_s, experiment.get("deadline_s")),
         "verification": verification,
         "environment": environment,
         "phase_totals_s": task_phase_totals(pair.tasks),
         "tasks": [task.as_json() for task in pair.tasks],
     }
-    for extra in ("capture", "rollback", "warnings"):
+    for extra in ("capture", "status", "rollback", "warnings"):
         if pair.phases.get(extra):
             metrics[extra] = [{k: v for k, v in d.items()} for d in pair.phases[extra]]
     if pair.failure:
@@ -339,7 +396,8 @@ def summary_text(metrics: dict[str, Any]) -> str:
         "Restore:",
         f"  Duration: {_fmt_s(phases['restore']['duration_s'])}",
         f"Downtime (dump start -> restored): {_fmt_s(metrics['downtime_s'])}",
-        f"App-perceived downtime (progress.log gap): {_fmt_s(metrics['app_downtime_s'])}",
+        f"App-perceived downtime (progress.log gap): {_fmt_s(metrics['app_downtime_s'])}"
+        f" (strace: {_fmt_s(metrics['app_downtime']['strace_s'])})",
         f"Migration time (deadline clock): {_fmt_s(metrics['migration_s'])}",
     ]
     for name, verdict in metrics["deadlines"].items():
