@@ -138,8 +138,9 @@ class CallbackModule(CallbackBase):
             journal["location"] = side
         elif phase in _LOCATION_AFTER:
             journal["location"] = _LOCATION_AFTER[phase]
-        else:
+        elif phase not in ("predump", "transfer"):
             return
+        # written at once: after a crash the journal must say which images exist where
         self._write_journal(pair.source, f"{phase} ({journal['location']})", host)
 
     def _collect(self, result: Any, status: str) -> None:

@@ -41,6 +41,12 @@ options:
     description: Size limit of each host's private disk (tmpfs at /var/lib/criu-migration).
     type: str
     default: 8g
+  prefix:
+    description: Name prefix of the lab's links (bridge C(<prefix>0), veths C(<prefix><n>)),
+      1-8 lowercase letters; two labs with different prefixes, directories and subnets
+      can run side by side.
+    type: str
+    default: crlab
 attributes:
   check_mode:
     support: none
@@ -111,13 +117,15 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.lab_layout import (
-    BRIDGE,
+    DEFAULT_PREFIX,
     INIT_MARKER,
     PRIVATE_MOUNTS,
     SHARED_MOUNT,
     SOURCE_FIRST_PID,
     LabHost,
     bridge_address,
+    bridge_name,
+    is_lab_link,
     known_hosts_line,
     lab_hosts,
     prefix_length,
@@ -144,6 +152,8 @@ class Lab:
         self.module = module
         self.dir = Path(module.params["lab_dir"])
         self.subnet: str = module.params["subnet"]
+        self.prefix: str = module.params["prefix"]
+        self.bridge = bridge_name(self.prefix)
         self.state_file = self.dir / "state.json"
         self.key = self.dir / "id_ed25519"
         self.known_hosts = self.dir / "known_hosts"
@@ -239,11 +249,11 @@ class Lab:
         return self.run([self.bins["ip"], "link", "show", "dev", name], check=False).returncode == 0
 
     def ensure_bridge(self) -> bool:
-        if self.link_exists(BRIDGE):
+        if self.link_exists(self.bridge):
             return False
-        self.run([self.bins["ip"], "link", "add", BRIDGE, "type", "bridge"])
-        self.run([self.bins["ip"], "addr", "add", bridge_address(self.subnet), "dev", BRIDGE])
-        self.run([self.bins["ip"], "link", "set", BRIDGE, "up"])
+        self.run([self.bins["ip"], "link", "add", self.bridge, "type", "bridge"])
+        self.run([self.bins["ip"], "addr", "add", bridge_address(self.subnet), "dev", self.bridge])
+        self.run([self.bins["ip"], "link", "set", self.bridge, "up"])
         return True
 
     # -- processes -------------------------------------------------------------------
@@ -312,8 +322,8 @@ class Lab:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
                 self.wait_gone([int(pid)])
-        if index is not None and self.link_exists(f"crlab{index}"):
-            self.run([self.bins["ip"], "link", "del", f"crlab{index}"], check=False)
+        if index is not None and self.link_exists(f"{self.prefix}{index}"):
+            self.run([self.bins["ip"], "link", "del", f"{self.prefix}{index}"], check=False)
 
     def create_host(self, host: LabHost, disk_size: str) -> dict[str, Any]:
         unshare = subprocess.Popen(
@@ -354,7 +364,7 @@ class Lab:
             self.run([ip, "link", "del", host.link])
         self.run([ip, "link", "add", host.link, "type", "veth", "peer", "name", host.link_peer])
         self.run([ip, "link", "set", host.link_peer, "netns", str(init_pid)])
-        self.run([ip, "link", "set", host.link, "master", BRIDGE, "up"])
+        self.run([ip, "link", "set", host.link, "master", self.bridge, "up"])
         self.in_host(init_pid, [ip, "link", "set", "lo", "up"])
         self.in_host(init_pid, [ip, "link", "set", host.link_peer, "name", "eth0"])
         self.in_host(
@@ -422,7 +432,7 @@ class Lab:
 
     # -- states ----------------------------------------------------------------------
     def present(self, pairs: int, disk_size: str) -> dict[str, Any]:
-        hosts = lab_hosts(pairs, self.subnet)
+        hosts = lab_hosts(pairs, self.subnet, self.prefix)
         state = self.load_state()
         created: list[str] = []
         removed: list[str] = []
@@ -464,11 +474,13 @@ class Lab:
         names = sorted(set(state["hosts"]) | set(self.stray_inits().values()))
         for name in names:
             self.destroy_host(name, state["hosts"].get(name, {}).get("index"), state)
-        leftover_links = [
+        links = [
             line.split(":")[1].strip().split("@")[0]
             for line in self.run([self.bins["ip"], "-o", "link", "show"]).stdout.splitlines()
-            if line.split(":")[1].strip().startswith("crlab")
         ]
+        # the hosts' veths (gone with their namespaces, unless something kept one) and the bridge
+        leftover_links = [link for link in links if is_lab_link(link, self.prefix)]
+        leftover_links += [link for link in links if link == self.bridge]
         for link in leftover_links:
             self.run([self.bins["ip"], "link", "del", link], check=False)
         self.state_file.unlink(missing_ok=True)
@@ -498,6 +510,7 @@ def main() -> None:
             "lab_dir": {"type": "path", "required": True},
             "subnet": {"type": "str", "default": "10.77.0.0/24"},
             "disk_size": {"type": "str", "default": "8g"},
+            "prefix": {"type": "str", "default": DEFAULT_PREFIX},
         },
         supports_check_mode=False,
     )
@@ -512,7 +525,7 @@ def main() -> None:
             result = lab.present(module.params["pairs"], module.params["disk_size"])
         else:
             result = lab.absent()
-    except LabError as exc:
+    except (LabError, ValueError) as exc:
         module.fail_json(msg=f"local lab: {exc}", lab_dir=str(lab.dir))
     result.update(
         private_key=str(lab.key),

@@ -200,7 +200,10 @@ def main() -> None:
         "phase": "status",
         "data": {
             "window": module.params["title"],
-            **{key: result.get(key) for key in ("running", "pids", "rss_kb", "vmsize_kb", "threads", "fds", "sockets")},
+            **{
+                key: result.get(key)
+                for key in ("running", "pids", "rss_kb", "vmsize_kb", "threads", "fds", "sockets")
+            },
         },
     }
     module.exit_json(**result)

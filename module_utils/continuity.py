@@ -57,7 +57,7 @@ def parse_progress(text: str) -> tuple[list[dict[str, Any]], int]:
         except ValueError:
             bad += 1
             continue
-        if isinstance(line, dict) and "seq" in line and "host" in line:
+        if isinstance(line, dict) and all(key in line for key in ("seq", "ts", "host")):
             lines.append(line)
         else:
             bad += 1

@@ -74,7 +74,10 @@ def parse_check_output(rc: int, output: str) -> CheckResult:
     if ok:
         summary = "Looks good." + (f" ({len(warnings)} warnings)" if warnings else "")
     else:
-        summary = (errors or relevant or [f"criu check exited {rc} without output"])[-1]
+        # CRIU's first complaint is usually the cause; later lines are consequences.
+        summary = (
+            errors[0] if errors else (relevant or [f"criu check exited {rc} without output"])[-1]
+        )
     return CheckResult(ok=ok, summary=summary, errors=errors, warnings=warnings)
 
 

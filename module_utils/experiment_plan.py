@@ -15,7 +15,14 @@ from workload_registry import Param, Workload, coerce, param_errors, resolve_par
 STRATEGIES = ("predump", "full")
 TRANSFERS = ("rsync", "efs", "s3", "ebs")
 # Backends whose implementation has not landed yet: refused with that reason.
-TRANSFERS_NOT_YET = {"s3": "the S3 backend", "ebs": "the EBS backend"}
+TRANSFERS_NOT_YET = {"s3": "the S3 backend", "ebs": "the EBS backend", "efs": "the EFS backend"}
+# Options whose implementation has not landed yet: refused instead of silently ignored.
+OPTIONS_NOT_YET = {
+    "page_server": "streaming pages to criu page-server",
+    "lazy_pages": "lazy-pages restore",
+    "transfer_verify": "checksum verification of transfers",
+}
+COMPRESS_NOT_YET = {"zstd": "zstd stream compression"}
 PREDUMP_MODES = ("fixed", "adaptive")
 LAZY_PAGES_MODES = ("images", "network")
 COMPRESSIONS = ("none", "zstd")
@@ -169,10 +176,19 @@ def plan_experiment(
             f"transfer={transfer} is not available yet ({TRANSFERS_NOT_YET[transfer]} has not "
             f"landed); available: {', '.join(t for t in TRANSFERS if t not in TRANSFERS_NOT_YET)}"
         )
+    for option, what in OPTIONS_NOT_YET.items():
+        if plan.settings.get(option):
+            plan.errors.append(f"{option}=true is not available yet ({what} has not landed)")
+    compress = plan.settings.get("transfer_compress")
+    if compress in COMPRESS_NOT_YET:
+        plan.errors.append(
+            f"transfer_compress={compress} is not available yet ({COMPRESS_NOT_YET[compress]} has not landed)"
+        )
     if plan.settings.get("page_server") and plan.settings.get(
         "page_server_port"
     ) == plan.settings.get("lazy_pages_port"):
-        plan.errors.append("page_server_port and lazy_pages_port must differ")
+        port = plan.settings.get("page_server_port")
+        plan.errors.append(f"page_server_port={port} and lazy_pages_port={port} must differ")
     if workload_name in registry:
         workload = registry[workload_name]
         plan.workload_params, errors = resolve_params(workload, variables)

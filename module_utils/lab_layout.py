@@ -6,9 +6,12 @@ Pure functions, so the layout is unit-tested without starting anything.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
-BRIDGE = "crlab0"
+# Links are named <prefix><n> (control side), <prefix>p<n> (host side before the rename)
+# and the bridge <prefix>0, so two labs with different prefixes can coexist (tests).
+DEFAULT_PREFIX = "crlab"
 DEFAULT_SUBNET = "10.77.0.0/24"
 # Mount points inside each host. The private ones are tmpfs: the host's own "disk".
 PRIVATE_MOUNTS = ("/run", "/root", "/tmp", "/var/log", "/var/lib/criu-migration")
@@ -26,19 +29,31 @@ class LabHost:
     index: int  # 1-based position, stable for a given pair count
     address: str
     peer: str  # the other host of the pair
+    prefix: str = DEFAULT_PREFIX
 
     @property
     def link(self) -> str:
         """The control-side end of the host's veth pair (<= 15 chars)."""
-        return f"crlab{self.index}"
+        return f"{self.prefix}{self.index}"
 
     @property
     def link_peer(self) -> str:
         """The host-side end before it is moved into the host and renamed eth0."""
-        return f"crlabp{self.index}"
+        return f"{self.prefix}p{self.index}"
 
 
-def lab_hosts(pairs: int, subnet: str = DEFAULT_SUBNET) -> list[LabHost]:
+def bridge_name(prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}0"
+
+
+def is_lab_link(name: str, prefix: str = DEFAULT_PREFIX) -> bool:
+    """Whether a network link belongs to the lab with this prefix."""
+    return re.fullmatch(rf"{re.escape(prefix)}p?\d+", name) is not None
+
+
+def lab_hosts(
+    pairs: int, subnet: str = DEFAULT_SUBNET, prefix: str = DEFAULT_PREFIX
+) -> list[LabHost]:
     """Hosts for `pairs` source/destination pairs.
 
     One pair is named `source` / `destination` (SPEC.md); several are `source-1` /
@@ -46,6 +61,10 @@ def lab_hosts(pairs: int, subnet: str = DEFAULT_SUBNET) -> list[LabHost]:
     """
     if pairs < 1:
         raise ValueError(f"lab_pairs must be at least 1, got {pairs}")
+    if not re.fullmatch(r"[a-z]{1,8}", prefix):
+        raise ValueError(
+            f"lab prefix {prefix!r} must be 1-8 lowercase letters (link names <= 15 chars)"
+        )
     network = ipaddress.ip_network(subnet)
     if network.num_addresses < 2 * pairs + 12:
         raise ValueError(f"subnet {subnet} is too small for {pairs} pairs")
@@ -55,8 +74,10 @@ def lab_hosts(pairs: int, subnet: str = DEFAULT_SUBNET) -> list[LabHost]:
         suffix = "" if pairs == 1 else f"-{pair}"
         src, dst = f"source{suffix}", f"destination{suffix}"
         src_index, dst_index = 2 * pair - 1, 2 * pair
-        hosts.append(LabHost(src, "source", src_index, str(base + 10 + src_index), dst))
-        hosts.append(LabHost(dst, "destination", dst_index, str(base + 10 + dst_index), src))
+        hosts.append(LabHost(src, "source", src_index, str(base + 10 + src_index), dst, prefix))
+        hosts.append(
+            LabHost(dst, "destination", dst_index, str(base + 10 + dst_index), src, prefix)
+        )
     return hosts
 
 

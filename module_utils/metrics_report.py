@@ -345,9 +345,14 @@ def build_metrics(
         "phase_totals_s": task_phase_totals(pair.tasks),
         "tasks": [task.as_json() for task in pair.tasks],
     }
-    for extra in ("capture", "status", "rollback", "warnings"):
-        if pair.phases.get(extra):
-            metrics[extra] = [{k: v for k, v in d.items()} for d in pair.phases[extra]]
+    for phase, key in (
+        ("capture", "capture"),
+        ("status", "status_snapshots"),
+        ("rollback", "rollback"),
+        ("warnings", "warnings"),
+    ):
+        if pair.phases.get(phase):
+            metrics[key] = [dict(d) for d in pair.phases[phase]]
     if pair.failure:
         metrics["failure"] = pair.failure
     return metrics
@@ -394,7 +399,7 @@ def summary_text(metrics: dict[str, Any]) -> str:
         f"  Size: {transfer['bytes'] / MB:.2f} MB",
         f"  Throughput: {transfer['throughput_mb_s']:.2f} MB/s",
         "Restore:",
-        f"  Duration: {_fmt_s(phases['restore']['duration_s'])}",
+        f"  Duration: {_fmt_s(phases['restore']['duration_s'] if phases['restore']['finished_at'] else None)}",
         f"Downtime (dump start -> restored): {_fmt_s(metrics['downtime_s'])}",
         f"App-perceived downtime (progress.log gap): {_fmt_s(metrics['app_downtime_s'])}"
         f" (strace: {_fmt_s(metrics['app_downtime']['strace_s'])})",

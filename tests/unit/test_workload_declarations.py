@@ -32,6 +32,8 @@ SEED_PARAMS: dict[str, dict[str, Any]] = {
     "dataproc": {"num_rows": 1000000, "num_cols": 50, "operations": 0, "interval": 1.0},
 }
 TOP_KEYS = {"name", "description", "script", "params", "deps", "criu", "continuity"}
+# Optional: TCP ports the workload listens on (checked free), output-capture limits.
+OPTIONAL_KEYS = {"ports", "capture"}
 PARAM_KEYS = {"type", "default", "min", "max", "choices", "pattern", "unit", "help"}
 PYTHON_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 # Fields the protocol writes on every line; continuity rules compare workload fields.
@@ -50,7 +52,7 @@ def test_every_seed_workload_is_declared() -> None:
 @pytest.mark.parametrize("name", sorted(SEED_PARAMS))
 def test_top_level_shape(name: str) -> None:
     decl = declaration(name)
-    assert set(decl) == TOP_KEYS
+    assert TOP_KEYS <= set(decl) <= TOP_KEYS | OPTIONAL_KEYS
     assert decl["name"] == name
     assert isinstance(decl["description"], str) and decl["description"]
     assert decl["script"] == f"{name}_standalone.py"
@@ -155,3 +157,8 @@ def test_suite_registry_loads_every_declaration() -> None:
         assert {key: param.default for key, param in workload.params.items()} == params
         argv = registry.script_argv(workload, {}, "python3", "/opt/w", "/work")
         assert argv[:4] == ["python3", f"/opt/w/{name}_standalone.py", "--working-dir", "/work"]
+
+
+def test_redis_declares_its_port_and_video_limits_its_capture() -> None:
+    assert declaration("redis")["ports"] == ["redis_port"]
+    assert "progress.log" in declaration("video")["capture"]["trace_paths"]

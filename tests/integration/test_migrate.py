@@ -1,0 +1,224 @@
+"""migrate.yml end to end in the local lab, through ansible-runner (real CRIU, real SSH)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import on_host, run_playbook
+
+pytestmark = pytest.mark.lab
+
+SPEC_KEYS = {
+    "status",
+    "experiment",
+    "workload",
+    "strategy",
+    "phases",
+    "downtime_s",
+    "app_downtime_s",
+    "deadlines",
+    "verification",
+    "environment",
+    "tasks",
+}
+SMALL_MEMORY = {"workload": "memory", "mb_size": 32, "interval": 0.5, "max_memory": 256}
+
+
+def workload_processes(host: str, experiment_id: str) -> list[str]:
+    proc = on_host(host, f"pgrep -af 'standalone.py --working-dir .*/{experiment_id}' || true")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.split("(stdout)", 1)[-1].strip()
+    return [line for line in lines.split("\\n") if "standalone.py" in line and "pgrep" not in line]
+
+
+def test_memory_migration_end_to_end(lab: Path, tmp_path: Path) -> None:
+    run = run_playbook(tmp_path, "migrate.yml", {**SMALL_MEMORY, "keep_images": True})
+    assert run.rc == 0, run.stdout[-5000:]
+    results = run.only_results_dir()
+    assert not results.name.endswith(("_failed", "_exception"))
+    metrics = run.metrics()
+    assert set(metrics) >= SPEC_KEYS
+    assert metrics["status"] == "ok"
+    assert metrics["workload"]["type"] == "memory"
+    assert metrics["workload"]["params"] == {"mb_size": 32, "interval": 0.5, "max_memory": 256}
+    assert metrics["strategy"]["mode"] == "full"
+
+    # The summary block was printed by the callback, also under ansible-runner.
+    assert "CRIU Experiment Metrics: default-experiment" in run.stdout
+    assert "Total Experiment Duration:" in run.stdout
+
+    phases = metrics["phases"]
+    dump, transfer, restore = phases["final_dump"], phases["transfer"], phases["restore"]
+    assert dump["duration_s"] > 0 and transfer["duration_s"] > 0 and restore["duration_s"] > 0
+    # frozen_s and the page count come from CRIU's own stats-dump image.
+    import criu_stats
+
+    stats = criu_stats.summarize_stats_image(str(results / "source" / "1" / "stats-dump"))["dump"]
+    assert dump["frozen_s"] == pytest.approx(stats["frozen_s"])
+    assert dump["pages_written"] == stats["pages_written"] > 0
+    assert 0 < dump["frozen_s"] <= dump["duration_s"]
+    restore_stats = criu_stats.summarize_stats_image(str(results / "dest" / "1" / "stats-restore"))[
+        "restore"
+    ]
+    assert restore["stats"]["pages_restored"] == restore_stats["pages_restored"] > 0
+
+    # Transfer bytes: exactly the image folder plus the working directory that were sent.
+    image_bytes = sum(f.stat().st_size for f in (results / "source" / "1").iterdir() if f.is_file())
+    work_bytes = sum(
+        (results / "source" / name).stat().st_size for name in ("progress.log", "checkpoint_ready")
+    )
+    assert transfer["method"] == "rsync"
+    assert transfer["bytes"] == image_bytes + work_bytes
+    assert transfer["throughput_mb_s"] == pytest.approx(
+        transfer["bytes"] / 1e6 / transfer["duration_s"], rel=1e-3
+    )
+
+    # Downtime spans dump start to restored process; the deadline verdicts follow from it.
+    assert metrics["downtime_s"] >= dump["duration_s"] + restore["duration_s"]
+    assert metrics["deadlines"]["aws_120s"]["met"] is True
+    assert metrics["deadlines"]["gcp_30s"]["slack_s"] == pytest.approx(
+        30 - metrics["migration_s"], abs=1e-3
+    )
+    assert metrics["app_downtime_s"] > 0
+    assert metrics["app_downtime"]["strace_s"] > 0
+
+    verification = metrics["verification"]
+    assert verification["restored_running"] is True
+    assert verification["same_pid"] is True
+    assert verification["running_on_source"] is False
+    assert verification["seq_continuous"] is True
+    assert verification["state_continuous"] is True
+    assert verification["first_destination_seq"] == verification["last_source_seq"] + 1
+    assert {c["name"] for c in verification["checks"]} >= {
+        "seq",
+        "equal:sample_checksum",
+        "close:rss_kb",
+    }
+
+    # progress.log on the destination continues the source's lines, on the destination host.
+    lines = [
+        json.loads(line) for line in (results / "dest" / "progress.log").read_text().splitlines()
+    ]
+    hosts = [line["host"] for line in lines]
+    assert hosts[0] == "source" and "destination" in hosts
+    assert [line["seq"] for line in lines] == list(
+        range(lines[0]["seq"], lines[0]["seq"] + len(lines))
+    )
+    assert any(line.get("event") == "restored" for line in lines)
+    assert lines[-1].get("event") == "finished"  # checkpoint_flag removed at the end
+
+    # SPEC.md's results layout, with real content in the capture files.
+    for path in (
+        "source/criu-dump.log",
+        "source/workload_status_pre_dump.txt",
+        "source/workload_stdout_pre_dump.log",
+        "source/workload_stdout_pre_dump.log.raw",
+        "source/workload_stdout_pre_dump.log.info",
+        "dest/criu-restore.log",
+        "dest/workload_status_post_restore.txt",
+        "dest/workload_stdout_post_restore.log",
+        "dest/workload_stdout_post_restore.log.raw",
+        "dest/workload_stdout_post_restore.log.info",
+        "metrics.json",
+        "journal.json",
+    ):
+        assert (results / path).stat().st_size > 0, path
+    assert any((results / "source" / "1").glob("pages-*.img"))  # keep_images=true
+    assert "fd=3" in (results / "dest" / "workload_stdout_post_restore.log").read_text()
+
+    # Per-task timings with phases from roles; every phase of the critical path present.
+    task_phases = {task["phase"] for task in metrics["tasks"]}
+    assert {
+        "node_checks",
+        "deploy",
+        "workload_start",
+        "final_dump",
+        "transfer",
+        "restore",
+        "verification",
+    } <= task_phases
+    assert all(task["duration_s"] >= 0 for task in metrics["tasks"])
+    assert {task["host"] for task in metrics["tasks"]} >= {"source", "destination"}
+    assert metrics["environment"]["source"]["criu"] == "4.2.1"
+    assert metrics["environment"]["destination"]["kernel"]
+
+    journal = json.loads((results / "journal.json").read_text())
+    assert journal["location"] == "finished"
+    steps = [step["step"] for step in journal["steps"]]
+    order = [
+        "workload_start (source)",
+        "final_dump (checkpointed (not running))",
+        "restore (destination)",
+    ]
+    assert [steps.index(step) for step in order] == sorted(steps.index(step) for step in order)
+    assert steps[-2:] == ["finish (finished)", "experiment ok"]
+
+    # The workload ended on the destination and runs nowhere; images left the hosts.
+    experiment_id = metrics["experiment"]["id"]
+    assert workload_processes("source", experiment_id) == []
+    assert workload_processes("destination", experiment_id) == []
+
+
+def test_restore_failure_rolls_back_to_source(lab: Path, tmp_path: Path) -> None:
+    run = run_playbook(
+        tmp_path, "migrate.yml", {**SMALL_MEMORY, "inject_fault": "restore_pid_busy"}
+    )
+    assert run.rc != 0
+    results = run.only_results_dir()
+    assert results.name.endswith("_failed")
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["status"] == "failed"
+    assert metrics["failure"]["phase"] == "restore"
+    assert "File exists" in metrics["failure"]["msg"]
+    assert "File exists" in (results / "dest" / "criu-restore.log").read_text()
+    assert (results / "source" / "criu-rollback-restore.log").exists()
+    journal = json.loads((results / "journal.json").read_text())
+    assert journal["location"] == "source"
+    assert journal["status"] == "failed"
+
+    # The workload runs again on the source, and only there.
+    experiment_id = metrics["experiment"]["id"]
+    try:
+        running_on_source = workload_processes("source", experiment_id)
+        assert len(running_on_source) == 1
+        assert str(metrics["workload"]["source_pid"]) in running_on_source[0]
+        assert workload_processes("destination", experiment_id) == []
+    finally:
+        on_host("source", f"rm -f /var/lib/criu-migration/work/{experiment_id}/checkpoint_flag")
+
+
+@pytest.mark.parametrize(
+    ("extravars", "expected"),
+    [
+        ({"workload": "nope"}, ["workload='nope' is unknown", "memory", "redis", "video"]),
+        ({"strategy": "lazy"}, ["strategy='lazy' is not one of: predump, full"]),
+        ({"transfer": "ftp"}, ["transfer='ftp' is not one of: rsync, efs, s3, ebs"]),
+        ({"mb_size": 0}, ["mb_size=0 MB is below the minimum 1 MB"]),
+        ({"mb_size": "lots"}, ["mb_size='lots' is not an integer"]),
+        ({"predump_interval": -1}, ["predump_interval=-1.0 s is below the minimum 0.0 s"]),
+    ],
+)
+def test_bad_input_is_refused_before_any_host(
+    lab: Path, tmp_path: Path, extravars: dict[str, object], expected: list[str]
+) -> None:
+    run = run_playbook(tmp_path, "migrate.yml", {"workload": "memory", **extravars})
+    assert run.rc != 0
+    for text in expected:
+        assert text in run.stdout, run.stdout[-3000:]
+    assert "nothing ran on any host" in run.stdout
+    assert run.hosts_touched() <= {"localhost"}
+    assert run.results_root is None or not any(run.results_root.iterdir())
+
+
+def test_predump_is_refused_on_a_kernel_without_soft_dirty(lab: Path, tmp_path: Path) -> None:
+    run = run_playbook(tmp_path, "migrate.yml", {**SMALL_MEMORY, "strategy": "predump"})
+    assert run.rc != 0
+    assert "strategy=predump needs soft-dirty memory tracking" in run.stdout
+    assert "mem_dirty_track" in run.stdout
+    metrics = json.loads((run.only_results_dir() / "metrics.json").read_text())
+    assert metrics["failure"]["phase"] == "node_checks"
+    # refused before the workload started
+    assert metrics["workload"]["source_pid"] is None
+    assert not any(task["phase"] == "workload_start" for task in metrics["tasks"])

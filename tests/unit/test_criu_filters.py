@@ -1,0 +1,198 @@
+"""filter_plugins/criu_filters.py: the criu role's version checks and facts.
+
+Probes are shaped like `criu action=check` results (library/criu.py), filled from what CRIU
+4.2.1 printed on this machine (tests/fixtures/criu_cli/, recorded by its record.sh).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from criu_filters import (
+    FilterModule,
+    criu_apt_candidate,
+    criu_facts_from_probe,
+    criu_install_reason,
+    criu_version_at_least,
+)
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "criu_cli"
+RCS = json.loads((FIXTURES / "rc.json").read_text())
+KERNEL = (FIXTURES / "uname-r.txt").read_text().strip()
+FEATURES = ("mem_dirty_track", "uffd-noncoop", "network_lock_nftables")
+
+# `apt-cache policy criu` when no repository carries criu.
+APT_POLICY_NONE = "criu:\n  Installed: (none)\n  Candidate: (none)\n  Version table:\n"
+
+
+def recorded_probe() -> dict[str, Any]:
+    """What `criu action=check features=[...]` returned on this machine."""
+    return {
+        "changed": False,
+        "criu_bin": "/usr/local/sbin/criu",
+        "version": "4.2.1",
+        "version_output": (FIXTURES / "version.txt").read_text().strip(),
+        "check": {"ok": True, "summary": "Looks good.", "errors": [], "warnings": []},
+        # the module decides a feature on `criu check --feature NAME`'s exit status
+        "features": {name: RCS[f"check-feature-{name}"]["rc"] == 0 for name in FEATURES},
+        "kernel": KERNEL,
+    }
+
+
+def test_recorded_kernel_and_features() -> None:
+    probe = recorded_probe()
+    assert KERNEL == "6.18.44-fc-v595"
+    assert probe["features"] == {
+        "mem_dirty_track": False,
+        "uffd-noncoop": True,
+        "network_lock_nftables": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("version", "minimum", "expected"),
+    [
+        ("4.2.1", "4.2", True),
+        ("4.2", "4.2", True),
+        ("4.2", "4.2.1", False),
+        ("4.1.1", "4.2", False),
+        ("3.17.1", "4.2", False),
+        ("4.10.0", "4.9", True),
+        ("4.2.1", 4.2, True),  # YAML may hand the minimum over as a number
+        ("", "4.2", False),
+        (None, "4.2", False),
+        ("unknown", "4.2", False),
+    ],
+)
+def test_criu_version_at_least(version: str | None, minimum: Any, expected: bool) -> None:
+    assert criu_version_at_least(version, minimum) is expected
+
+
+def test_apt_candidate_on_this_machine() -> None:
+    assert RCS["apt-cache-policy-criu"]["rc"] == 0
+    policy = (FIXTURES / "apt-cache-policy-criu.txt").read_text()
+    assert "Candidate: 3.17.1-2+deb12u2" in policy
+    assert criu_apt_candidate(policy) == "3.17.1"
+
+
+def test_apt_candidate_none() -> None:
+    assert criu_apt_candidate(APT_POLICY_NONE) == ""
+
+
+@pytest.mark.parametrize("text", ["", "N: Unable to locate package criu\n"])
+def test_apt_candidate_without_a_candidate_line(text: str) -> None:
+    assert criu_apt_candidate(text) == ""
+
+
+def test_apt_candidate_with_an_epoch() -> None:
+    assert criu_apt_candidate("criu:\n  Installed: (none)\n  Candidate: 1:4.2.1-1\n") == "4.2.1"
+
+
+@pytest.mark.parametrize("probe", [None, {}, {"skipped": True, "check": {}}, {"criu_bin": "/x"}])
+def test_install_reason_without_a_binary(probe: dict[str, Any] | None) -> None:
+    assert criu_install_reason(probe, "4.2") == "no criu binary found"
+
+
+def test_install_reason_debian_package_too_old() -> None:
+    probe = {
+        "criu_bin": "/usr/sbin/criu",
+        "version": "3.17.1",
+        "check": {
+            "ok": False,
+            "summary": "Error (criu/vdso.c:374): vdso: Unexpected rt vDSO area bounds",
+        },
+    }
+    assert criu_install_reason(probe, "4.2") == "/usr/sbin/criu is 3.17.1, older than 4.2"
+
+
+def test_install_reason_unknown_version() -> None:
+    probe = {"criu_bin": "/opt/criu", "version": "", "check": {"ok": False, "summary": "x"}}
+    assert criu_install_reason(probe, "4.2.1") == "/opt/criu is unknown version, older than 4.2.1"
+
+
+def test_install_reason_recent_enough_but_check_fails() -> None:
+    probe = recorded_probe()
+    probe["check"] = {"ok": False, "summary": "Error (criu/cr-check.c:1901): something broke"}
+    assert criu_install_reason(probe, "4.2") == (
+        "/usr/local/sbin/criu (4.2.1): criu check says Error (criu/cr-check.c:1901): something broke"
+    )
+
+
+def test_facts_on_this_machine_nftables_lock_no_soft_dirty() -> None:
+    probe = recorded_probe()
+    assert criu_facts_from_probe(probe) == {
+        "bin": "/usr/local/sbin/criu",
+        "version": "4.2.1",
+        "usable": True,
+        "check_summary": "Looks good.",
+        "kernel": "6.18.44-fc-v595",
+        "soft_dirty": False,
+        "uffd": False,  # not asked for: absent features count as missing
+        "lazy_pages": True,
+        "network_lock": "nftables",
+        "features": probe["features"],
+    }
+
+
+def test_facts_iptables_lock_when_criu_lacks_nftables() -> None:
+    probe = recorded_probe()
+    probe["features"]["network_lock_nftables"] = False
+    facts = criu_facts_from_probe(probe, "/usr/sbin/iptables-restore")
+    assert facts["network_lock"] == "iptables"
+
+
+def test_facts_nftables_wins_over_iptables() -> None:
+    facts = criu_facts_from_probe(recorded_probe(), "/usr/sbin/iptables-restore")
+    assert facts["network_lock"] == "nftables"
+
+
+def test_facts_no_network_lock() -> None:
+    probe = recorded_probe()
+    probe["features"]["network_lock_nftables"] = False
+    assert criu_facts_from_probe(probe, "")["network_lock"] == ""
+
+
+def test_facts_soft_dirty_guest_and_unusable_criu() -> None:
+    # The QEMU guest of LAB.md: soft-dirty present; and a CRIU whose check failed.
+    probe = {
+        "criu_bin": "/usr/sbin/criu",
+        "version": "3.17.1",
+        "check": {"ok": False, "summary": "vdso failure"},
+        "features": {"mem_dirty_track": True, "uffd": True, "uffd-noncoop": False},
+        "kernel": "6.1.0-40-amd64",
+    }
+    facts = criu_facts_from_probe(probe)
+    assert facts["soft_dirty"] is True
+    assert facts["uffd"] is True
+    assert facts["lazy_pages"] is False
+    assert facts["usable"] is False
+    assert facts["check_summary"] == "vdso failure"
+    assert facts["kernel"] == "6.1.0-40-amd64"
+
+
+def test_facts_from_an_empty_probe() -> None:
+    assert criu_facts_from_probe({}) == {
+        "bin": "",
+        "version": "",
+        "usable": False,
+        "check_summary": "",
+        "kernel": "",
+        "soft_dirty": False,
+        "uffd": False,
+        "lazy_pages": False,
+        "network_lock": "",
+        "features": {},
+    }
+
+
+def test_filter_names() -> None:
+    filters = FilterModule().filters()
+    assert filters == {
+        "criu_version_at_least": criu_version_at_least,
+        "criu_apt_candidate": criu_apt_candidate,
+        "criu_install_reason": criu_install_reason,
+        "criu_facts_from_probe": criu_facts_from_probe,
+    }
