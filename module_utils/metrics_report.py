@@ -31,6 +31,7 @@ ROLE_PHASES = {
     "migration_rollback": "rollback",
     "results_collect": "collect",
     "workload_finish": "finish",
+    "migration_cleanup": "cleanup",
 }
 
 MB = 1_000_000.0

@@ -1,0 +1,99 @@
+"""Consistency checks across the suite: module docs render, defaults agree, config wiring."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MODULES = sorted(p.stem for p in (REPO / "library").glob("*.py"))
+
+
+def module_docs(name: str) -> dict[str, str]:
+    """DOCUMENTATION / EXAMPLES / RETURN strings of a module, read without importing it."""
+    tree = ast.parse((REPO / "library" / f"{name}.py").read_text())
+    docs: dict[str, str] = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else None
+        if isinstance(target, ast.Name) and target.id in ("DOCUMENTATION", "EXAMPLES", "RETURN"):
+            docs[target.id] = ast.literal_eval(node.value)
+    return docs
+
+
+def test_ansible_doc_renders_every_module() -> None:
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "ansible-doc"), "-M", str(REPO / "library"), *MODULES],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ERROR" not in proc.stderr
+    for name in MODULES:
+        assert f"library/{name}.py" in proc.stdout, name
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_documents_check_mode_examples_and_returns(name: str) -> None:
+    docs = module_docs(name)
+    assert set(docs) == {"DOCUMENTATION", "EXAMPLES", "RETURN"}
+    documentation = yaml.safe_load(docs["DOCUMENTATION"])
+    assert documentation["module"] == name
+    assert "check_mode" in documentation["attributes"]
+    assert yaml.safe_load(docs["EXAMPLES"])  # parses and is not empty
+    returns = yaml.safe_load(docs["RETURN"]) or {}
+    for key, spec in returns.items():
+        assert {"description", "returned", "type"} <= set(spec), f"{name}: RETURN {key}"
+
+
+def test_group_vars_defaults_match_the_preflights_settings() -> None:
+    import experiment_plan
+
+    group_vars = yaml.safe_load((REPO / "group_vars" / "all.yml").read_text())
+    for name, spec in experiment_plan.SETTINGS.items():
+        assert name in group_vars, f"{name} has no seed default in group_vars/all.yml"
+        assert experiment_plan.coerce(spec, group_vars[name]) == spec.default, name
+
+
+def test_ansible_cfg_wires_the_plugin_folders_and_the_lab() -> None:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "ansible.cfg")
+    defaults = cfg["defaults"]
+    assert defaults["inventory"] == "inventories/lab/hosts.yml"
+    for key, folder in (
+        ("library", "library"),
+        ("module_utils", "module_utils"),
+        ("filter_plugins", "filter_plugins"),
+        ("callback_plugins", "callback_plugins"),
+        ("roles_path", "roles"),
+    ):
+        assert defaults[key] == folder and (REPO / folder).is_dir()
+    assert "migration_metrics" in defaults["callbacks_enabled"]
+    assert defaults["home"] == ".ansible"
+    assert cfg["ssh_connection"].getboolean("pipelining")
+    assert "ControlPersist" in cfg["ssh_connection"]["ssh_args"]
+    ignored = (REPO / ".gitignore").read_text()
+    assert "/.ansible/" in ignored and "/.venv/" in ignored
+
+
+def test_every_role_used_by_migrate_yml_exists_with_a_phase() -> None:
+    import metrics_report
+
+    text = (REPO / "migrate.yml").read_text()
+    roles = {
+        line.split("name:")[1].strip()
+        for line in text.splitlines()
+        if "name:" in line
+        and "import_role" not in line
+        and line.strip().startswith("name:")
+        and (REPO / "roles" / line.split("name:")[1].strip()).is_dir()
+    }
+    assert roles, "migrate.yml imports no roles?"
+    for role in roles:
+        assert role in metrics_report.ROLE_PHASES, f"role {role} has no phase"
