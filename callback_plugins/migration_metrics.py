@@ -102,6 +102,8 @@ class CallbackModule(CallbackBase):
             self.journals[pair["source"]] = {
                 "experiment": experiment.get("id"),
                 "workload": experiment.get("workload", {}).get("type"),
+                "script": experiment.get("workload", {}).get("script"),
+                "inventory": experiment.get("inventory"),
                 "source": pair["source"],
                 "destination": pair["destination"],
                 "working_dir": pair.get("working_dir"),

@@ -27,6 +27,10 @@ options:
     description: The workload's resolved parameters.
     type: dict
     default: {}
+  script:
+    description: The workload's standalone script (recorded, so a recovery can recognise its process).
+    type: str
+    default: ""
   settings:
     description: The experiment's validated settings (strategy, transfer, ...).
     type: dict
@@ -121,6 +125,7 @@ def main() -> None:
             "name": {"type": "str", "required": True},
             "workload": {"type": "str", "required": True},
             "params": {"type": "dict", "default": {}},
+            "script": {"type": "str", "default": ""},
             "settings": {"type": "dict", "default": {}},
             "pairs": {"type": "list", "elements": "dict", "required": True},
             "results_root": {"type": "path", "required": True},
@@ -163,7 +168,7 @@ def main() -> None:
         "id": experiment_id,
         "name": params["name"],
         "started_at_epoch": started,
-        "workload": {"type": params["workload"], "params": params["params"]},
+        "workload": {"type": params["workload"], "params": params["params"], "script": params["script"]},
         "strategy": {
             "mode": settings.get("strategy"),
             "lazy_pages": settings.get("lazy_pages", False),

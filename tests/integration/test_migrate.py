@@ -180,11 +180,34 @@ def test_restore_failure_rolls_back_to_source(lab: Path, tmp_path: Path) -> None
 
     # The workload runs again on the source, and only there.
     experiment_id = metrics["experiment"]["id"]
+    pid = metrics["workload"]["source_pid"]
     try:
         running_on_source = workload_processes("source", experiment_id)
         assert len(running_on_source) == 1
-        assert str(metrics["workload"]["source_pid"]) in running_on_source[0]
+        assert str(pid) in running_on_source[0]
         assert workload_processes("destination", experiment_id) == []
+
+        # A crash right after a dump: the workload runs nowhere. The journal lets
+        # playbooks/recover.yml find that out and bring it back from the checkpoint.
+        images = journal["images"]["source"][-1]
+        dumped = on_host(
+            "source",
+            f"/usr/local/sbin/criu dump -t {pid} -D {images} -o {images}/../crash-dump.log",
+        )
+        assert dumped.returncode == 0, dumped.stdout
+        assert workload_processes("source", experiment_id) == []
+        recovery = run_playbook(
+            tmp_path / "recover",
+            "playbooks/recover.yml",
+            {"journal": str(results / "journal.json")},
+        )
+        assert recovery.rc == 0, recovery.stdout[-3000:]
+        assert f"was restored on the source source from {images}" in recovery.stdout
+        running_again = workload_processes("source", experiment_id)
+        assert len(running_again) == 1 and str(pid) in running_again[0]
+        assert workload_processes("destination", experiment_id) == []
+        recovered = json.loads((results / "journal.json").read_text())
+        assert recovered["location"] == "source" and recovered["recovered_at"]
     finally:
         on_host("source", f"rm -f /var/lib/criu-migration/work/{experiment_id}/checkpoint_flag")
 
