@@ -32,8 +32,9 @@ SEED_PARAMS: dict[str, dict[str, Any]] = {
     "dataproc": {"num_rows": 1000000, "num_cols": 50, "operations": 0, "interval": 1.0},
 }
 TOP_KEYS = {"name", "description", "script", "params", "deps", "criu", "continuity"}
-# Optional: TCP ports the workload listens on (checked free), output-capture limits.
-OPTIONAL_KEYS = {"ports", "capture"}
+# Optional: TCP ports the workload listens on (checked free), output-capture limits, checks
+# of the files it produces (verify).
+OPTIONAL_KEYS = {"ports", "capture", "verify"}
 PARAM_KEYS = {"type", "default", "min", "max", "choices", "pattern", "unit", "help"}
 PYTHON_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 # Fields the protocol writes on every line; continuity rules compare workload fields.
@@ -162,3 +163,17 @@ def test_suite_registry_loads_every_declaration() -> None:
 def test_redis_declares_its_port_and_video_limits_its_capture() -> None:
     assert declaration("redis")["ports"] == ["redis_port"]
     assert "progress.log" in declaration("video")["capture"]["trace_paths"]
+
+
+@pytest.mark.parametrize("name", sorted(SEED_PARAMS))
+def test_verify_keys_are_known_artifact_checks(name: str) -> None:
+    artifact_checks = pytest.importorskip("artifact_checks")
+    spec = artifact_checks.parse_artifact_checks(declaration(name).get("verify"))
+    assert set(spec) <= set(artifact_checks.ARTIFACT_CHECKS)
+
+
+def test_video_decodes_every_finished_output_file_of_both_modes() -> None:
+    # live writes segment_%05d.ts, file writes video.mp4 (the script's Video.output)
+    assert declaration("video")["verify"] == {"ffprobe": ["segment_*.ts", "video.mp4"]}
+    source = (WORKLOADS / "video_standalone.py").read_text()
+    assert '"segment_%05d.ts" if self.mode == "live" else "video.mp4"' in source
