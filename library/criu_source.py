@@ -157,6 +157,13 @@ class CriuSource:
 
     def from_url(self, url: str) -> Path:
         name = url.rstrip("/").rsplit("/", 1)[-1] or f"criu-{self.version}.tar.gz"
+        if url.startswith("file://"):  # a local mirror: fetch_url reports no HTTP status for it
+            local = Path(url[len("file://") :])
+            if not local.is_file():
+                self.module.fail_json(msg=f"cannot read {url}: no such file")
+            with tempfile.NamedTemporaryFile(dir=self.cache_dir, delete=False) as handle:
+                shutil.copyfileobj(local.open("rb"), handle)
+            return self._accept(Path(handle.name), self.cache_dir / name, f"copied from {url}")
         response, info = fetch_url(self.module, url, timeout=120)
         if info.get("status") != 200:
             self.module.fail_json(

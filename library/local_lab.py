@@ -106,6 +106,7 @@ duration_s:
 """
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -124,12 +125,15 @@ from ansible.module_utils.lab_layout import (
     SOURCE_FIRST_PID,
     LabHost,
     bridge_address,
+    bridge_mac,
     bridge_name,
+    host_mac,
     is_lab_link,
     known_hosts_line,
     lab_hosts,
     prefix_length,
     sshd_config,
+    under_private_mount,
 )
 
 # The host's init: reaps every orphan so no zombie keeps a PID that a restore needs.
@@ -251,10 +255,35 @@ class Lab:
     def ensure_bridge(self) -> bool:
         if self.link_exists(self.bridge):
             return False
-        self.run([self.bins["ip"], "link", "add", self.bridge, "type", "bridge"])
+        self.refuse_subnet_in_use()
+        self.run(
+            [
+                self.bins["ip"],
+                "link",
+                "add",
+                self.bridge,
+                "address",
+                bridge_mac(self.subnet),
+                "type",
+                "bridge",
+            ]
+        )
         self.run([self.bins["ip"], "addr", "add", bridge_address(self.subnet), "dev", self.bridge])
         self.run([self.bins["ip"], "link", "set", self.bridge, "up"])
         return True
+
+    def refuse_subnet_in_use(self) -> None:
+        """The lab's /24 must exist only on its bridge: refuse one another link has."""
+        network = ipaddress.ip_network(self.subnet)
+        out = self.run([self.bins["ip"], "-o", "-4", "addr", "show"]).stdout
+        for line in out.splitlines():
+            fields = line.split()
+            link, address = fields[1], fields[3]
+            if ipaddress.ip_interface(address).network.overlaps(network) and link != self.bridge:
+                raise LabError(
+                    f"subnet {self.subnet} is already in use on {link} ({address}); "
+                    "choose another lab_subnet"
+                )
 
     # -- processes -------------------------------------------------------------------
     def stray_inits(self) -> dict[int, str]:
@@ -349,6 +378,9 @@ class Lab:
             )
         self.in_host(init_pid, [self.bins["mount"], "--bind", str(self.shared), SHARED_MOUNT])
         self.in_host(init_pid, ["mkdir", "-p", "-m", "0755", "/run/sshd"])
+        # sysfs of the host's own network namespace (else /sys/class/net shows the control
+        # machine's devices)
+        self.in_host(init_pid, [self.bins["mount"], "-t", "sysfs", "sysfs", "/sys"])
         if host.group == "source":
             self.in_host(
                 init_pid,
@@ -362,7 +394,10 @@ class Lab:
         ip = self.bins["ip"]
         if self.link_exists(host.link):
             self.run([ip, "link", "del", host.link])
-        self.run([ip, "link", "add", host.link, "type", "veth", "peer", "name", host.link_peer])
+        self.run(
+            [ip, "link", "add", host.link, "type", "veth", "peer", "name", host.link_peer,
+             "address", host_mac(host.address)]
+        )  # fmt: skip
         self.run([ip, "link", "set", host.link_peer, "netns", str(init_pid)])
         self.run([ip, "link", "set", host.link, "master", self.bridge, "up"])
         self.in_host(init_pid, [ip, "link", "set", "lo", "up"])
@@ -518,6 +553,12 @@ def main() -> None:
         module.fail_json(msg="the local lab needs root (namespaces, mounts, links)")
     if module.params["pairs"] < 1:
         module.fail_json(msg=f"lab_pairs must be at least 1, got {module.params['pairs']}")
+    hidden_by = under_private_mount(module.params["lab_dir"])
+    if hidden_by:
+        module.fail_json(
+            msg=f"lab_dir {module.params['lab_dir']} is under {hidden_by}, which every lab host "
+            "mounts privately (it would hide the lab's keys and shared dir); choose another folder"
+        )
     started = time.monotonic()
     lab = Lab(module)
     try:

@@ -122,3 +122,27 @@ def known_hosts_line(host: LabHost, public_key: str) -> str:
     """`address,name keytype key` for the lab's known_hosts."""
     key_type, key = public_key.split()[:2]
     return f"{host.address},{host.name} {key_type} {key}"
+
+
+def host_mac(address: str) -> str:
+    """A fixed, locally administered MAC for a host's eth0, derived from its address.
+
+    A recreated host keeps its MAC, so the peers' and the control node's ARP caches stay
+    right (a random MAC left them pointing at the dead veth for 15-45 s).
+    """
+    octets = ipaddress.ip_address(address).packed
+    return "02:ce:" + ":".join(f"{octet:02x}" for octet in octets)
+
+
+def bridge_mac(subnet: str = DEFAULT_SUBNET) -> str:
+    """A fixed MAC for the lab's bridge (else it follows its lowest-numbered port)."""
+    octets = ipaddress.ip_network(subnet).network_address.packed
+    return "02:cb:" + ":".join(f"{octet:02x}" for octet in octets)
+
+
+def under_private_mount(path: str) -> str | None:
+    """The host-private mount point that would hide `path` inside a lab host, if any."""
+    for mount_point in PRIVATE_MOUNTS:
+        if path == mount_point or path.startswith(mount_point.rstrip("/") + "/"):
+            return mount_point
+    return None
