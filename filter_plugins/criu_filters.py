@@ -45,8 +45,34 @@ def criu_install_reason(probe: dict[str, Any] | None, minimum: str) -> str:
     return f"{probe.get('criu_bin')} ({version}): criu check says {probe['check'].get('summary')}"
 
 
-def criu_facts_from_probe(probe: dict[str, Any], iptables_restore: str = "") -> dict[str, Any]:
-    """Reduce a `criu action=check` result to the facts the strategies are gated on."""
+def lazy_network_facts(probe: dict[str, Any] | None) -> dict[str, Any]:
+    """The network post-copy facts from a `criu action=check probe=lazy_pages_network` result.
+
+    lazy_pages_network: the probe's round trip worked; _side: which end failed (dump = the
+    source's, lazy-pages / restore = the destination's, setup = neither); _reason: CRIU's words.
+    """
+    if not probe or probe.get("skipped") or "probe" not in probe:
+        return {
+            "lazy_pages_network": False,
+            "lazy_pages_network_side": "setup",
+            "lazy_pages_network_reason": "network post-copy was not probed on this host "
+            "(criu_probe_lazy_pages_network=false, or `criu check` failed)",
+        }
+    verdict = probe["probe"]
+    return {
+        "lazy_pages_network": bool(verdict.get("ok")),
+        "lazy_pages_network_side": verdict.get("side", ""),
+        "lazy_pages_network_reason": verdict.get("reason", ""),
+    }
+
+
+def criu_facts_from_probe(
+    probe: dict[str, Any],
+    iptables_restore: str = "",
+    lazy_network_probe: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Reduce a `criu action=check` result (and the network post-copy probe's, when it ran) to
+    the facts the strategies are gated on."""
     features = probe.get("features", {})
     if features.get(FEATURE_NFT_LOCK):
         network_lock = "nftables"
@@ -65,7 +91,34 @@ def criu_facts_from_probe(probe: dict[str, Any], iptables_restore: str = "") -> 
         "lazy_pages": bool(features.get(FEATURE_UFFD_NONCOOP)),
         "network_lock": network_lock,
         "features": features,
+        **lazy_network_facts(lazy_network_probe),
     }
+
+
+def criu_pages_pull_argv(
+    images_dir: str,
+    peer_address: str,
+    peer_user: str = "root",
+    ssh_key: str | None = None,
+    known_hosts: str | None = None,
+) -> list[str]:
+    """rsync argv, run on the source, that fetches the pages a page server received on the
+    destination back into the same images folder (the rollback restores from it).
+
+    Same SSH trust as the transfer (source -> destination), pulling instead of pushing.
+    """
+    if not str(images_dir).startswith("/") or any(ch.isspace() for ch in str(images_dir)):
+        raise ValueError(f"images_dir {images_dir!r} must be absolute and without spaces")
+    ssh = ["ssh", "-o", "BatchMode=yes"]
+    if ssh_key:
+        ssh += ["-i", str(ssh_key), "-o", "IdentitiesOnly=yes"]
+    if known_hosts:
+        ssh += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    argv = ["rsync", "--archive", "--whole-file", "--sparse", "--rsh", " ".join(ssh)]
+    if peer_user != "root":
+        argv += ["--rsync-path", "sudo rsync"]
+    remote = f"{peer_user}@{peer_address}:{images_dir.rstrip('/')}"
+    return [*argv, f"{remote}/pagemap-*.img", f"{remote}/pages-*.img", f"{images_dir.rstrip('/')}/"]
 
 
 class FilterModule:
@@ -75,4 +128,5 @@ class FilterModule:
             "criu_apt_candidate": criu_apt_candidate,
             "criu_install_reason": criu_install_reason,
             "criu_facts_from_probe": criu_facts_from_probe,
+            "criu_pages_pull_argv": criu_pages_pull_argv,
         }

@@ -8,15 +8,34 @@ DOCUMENTATION = r"""
 module: checkpoint_transfer
 short_description: Transfer checkpoint images and the working directory source -> destination
 description:
-  - Runs on the source host and makes I(paths) (absolute: the checkpoint's image folder and
-    the workload's working directory) exist at the same paths on the destination, through
-    one of the backends in C(module_utils/transfer_backends.py).
+  - Makes I(paths) (absolute - the checkpoint's image folder and the workload's working
+    directory) exist at the same paths on the destination, through one of the backends in
+    C(module_utils/transfer_backends.py). Runs twice for two-sided backends and for
+    verification - C(side=send) on the source, then C(side=receive) on the destination
+    (delegated) before the restore.
   - C(rsync) goes directly from source to destination over SSH with the given key, pinned
-    known_hosts and cipher; C(--whole-file) (no delta search), C(--sparse), C(--relative).
-  - Returns duration, payload bytes, files and MB/s for the metrics callback.
+    known_hosts and cipher - C(--whole-file) (no delta search), C(--relative), no C(-z).
+  - C(rsync) with I(compress=zstd) streams C(tar | zstd -T0 -<level>) over the same SSH
+    link to C(zstd -d | tar -x) on the destination (no rsync); the compressed bytes are
+    counted as they pass.
+  - C(efs) - the dump wrote the images onto a filesystem both hosts mount (I(efs_path)), so
+    they are restored from there without a copy. Paths not on it (the working directory)
+    are staged in I(efs_dir) by the send and copied to their own paths by the receive.
+  - I(verify=true) - a sha256 manifest of the sent files is made on the source during the
+    send (right after the dump - CRIU writes the images itself) and compared on the
+    destination by the receive, which fails, naming the file, on any difference.
+    Not applicable to C(efs) (the destination reads the very files the dump wrote) nor to
+    page images streamed to C(criu page-server) (no source copy); the result says so.
+  - Returns duration, payload bytes, files and MB/s (and each side's own figures) for the
+    metrics callback. Never idempotent - it always copies - so it reports C(changed).
 options:
+  side:
+    description: C(send) (on the source) or C(receive) (on the destination, after C(send)).
+    type: str
+    choices: [send, receive]
+    default: send
   method:
-    description: The backend.
+    description: The transfer (the experiment's C(transfer) setting).
     type: str
     choices: [rsync, efs, s3, ebs]
     default: rsync
@@ -26,10 +45,10 @@ options:
     elements: path
     required: true
   destination:
-    description: The destination's address as the source reaches it.
+    description: The destination's address as the source reaches it (rsync).
     type: str
   destination_user:
-    description: SSH user on the destination (not root - rsync runs under sudo there).
+    description: SSH user on the destination (not root - rsync and tar run under sudo there).
     type: str
     default: root
   ssh_key:
@@ -46,21 +65,43 @@ options:
     description: SSH cipher (e.g. aes128-gcm@openssh.com).
     type: str
   compress:
-    description: Stream compression.
+    description: Stream compression (C(zstd) replaces rsync by a compressed tar stream).
     type: str
     choices: [none, zstd]
     default: none
   compress_level:
-    description: Compression level.
+    description: zstd level, 1 (fastest) to 19.
     type: int
     default: 3
   verify:
-    description: Compare checksums of the sent files on the destination.
+    description: Checksum the sent files on the source and compare them on the destination.
     type: bool
     default: false
   efs_path:
-    description: The shared filesystem's mount path (efs).
+    description: The shared filesystem's mount path, the same on both hosts (efs).
     type: path
+  efs_dir:
+    description: This experiment's folder on the shared filesystem (efs); staged paths go
+      under C(<efs_dir>/files).
+    type: path
+  page_server:
+    description: The dump streamed its page images to C(criu page-server) (they are not
+      on the source, so verification cannot cover them).
+    type: bool
+    default: false
+  manifest:
+    description: The source's checksum manifest (C(side=receive); the send returns it).
+    type: dict
+  sent:
+    description: The send's C(migration_metrics.data) (C(side=receive)), combined with the
+      receive's figures into one record per transfer.
+    type: dict
+  fault:
+    description: C(interrupt) kills the transfer's SSH connection midway, for real
+      (C(inject_fault=transfer_interrupt); rsync is throttled first so "midway" holds).
+    type: str
+    choices: [none, interrupt]
+    default: none
   stage:
     description: Which transfer this is (C(final), C(predump-N)), for the metrics.
     type: str
@@ -69,6 +110,13 @@ attributes:
   check_mode:
     support: partial
     details: Reports the plan without sending anything.
+notes:
+  - Needs C(rsync) on both hosts (C(rsync), C(efs)) or C(tar) and C(zstd) on both hosts
+    (C(compress=zstd)); the node checks refuse a host without them before the workload starts.
+  - A failed send leaves partial files on the destination; the run's rescue restores the
+    workload on the source from its intact images.
+  - The suite's docs/transfer.md has the backends' tuning measurements and the EFS mount
+    options that matter.
 author: CRIU migration suite
 """
 
@@ -83,21 +131,44 @@ EXAMPLES = r"""
     ssh_key: /work/main/.lab/id_ed25519
     known_hosts: /work/main/.lab/known_hosts
     cipher: aes128-gcm@openssh.com
+    verify: true
+  register: sent
+
+- name: Compare checksums on the destination before the restore
+  checkpoint_transfer:
+    side: receive
+    method: rsync
+    paths: "{{ sent.dest_paths }}"
+    verify: true
+    manifest: "{{ sent.manifest }}"
+    sent: "{{ sent.migration_metrics.data }}"
+  delegate_to: destination
+  when: sent.receive_needed
+
+- name: transfer=efs - images already on the shared filesystem; stage the working directory
+  checkpoint_transfer:
+    method: efs
+    paths:
+      - /mnt/efs/criu-migration/images/e1/source/1
+      - /var/lib/criu-migration/work/e1
+    efs_path: /mnt/efs
+    efs_dir: /mnt/efs/criu-migration/images/e1/source
 """
 
 RETURN = r"""
 method:
-  description: The backend used.
+  description: The backend that ran (C(rsync), C(ssh-zstd), C(efs)).
   returned: always
   type: str
   sample: rsync
 duration_s:
-  description: Seconds the transfer took.
+  description: Seconds the transfer took (send, plus receive and the destination's checksum
+    comparison after C(side=receive)).
   returned: success
   type: float
   sample: 0.84
 bytes:
-  description: Payload bytes transferred (file contents).
+  description: Payload bytes transferred (file contents; for efs only the staged paths).
   returned: success
   type: int
   sample: 268435456
@@ -112,27 +183,186 @@ throughput_mb_s:
   type: float
   sample: 319.6
 wire_bytes:
-  description: Bytes the sender put on the wire (rsync's "Total bytes sent").
-  returned: rsync
+  description: Bytes the sender put on the wire (rsync's "Total bytes sent"; the compressed
+    stream for zstd).
+  returned: rsync, zstd
   type: int
   sample: 268500000
-migration_metrics:
-  description: What the metrics callback records.
+send:
+  description: The source side's own duration, bytes, files and MB/s.
   returned: success
   type: dict
-  sample: {phase: transfer, data: {method: rsync, duration_s: 0.84, bytes: 268435456}}
+  sample: {duration_s: 0.84, bytes: 268435456, files: 14, throughput_mb_s: 319.6}
+receive:
+  description: The destination side's own figures (two-sided backends, after C(side=receive)).
+  returned: efs
+  type: dict
+  sample: {duration_s: 0.05, bytes: 5213, files: 2, throughput_mb_s: 0.104}
+compression:
+  description: zstd figures - raw and compressed bytes, ratio, time, MB/s before and after
+    compression, zstd's CPU seconds.
+  returned: compress=zstd
+  type: dict
+  sample: {algorithm: zstd, level: 3, raw_bytes: 544368640, compressed_bytes: 2093872,
+           ratio: 259.98, duration_s: 1.1, raw_mb_s: 494.9, compressed_mb_s: 1.9,
+           compress_cpu_s: 0.31}
+verify:
+  description: C(off); C(not applicable - <why>); or the check - algorithm, files, bytes,
+    source_s, source_when, and after C(side=receive) destination_s, ok, mismatches.
+  returned: success
+  type: raw
+  sample: {algorithm: sha256, files: 14, bytes: 268435456, source_s: 0.23, ok: true}
+manifest:
+  description: The source's checksums, {path -> {size, sha256}} (when verification applies).
+  returned: side=send and verify
+  type: dict
+receive_needed:
+  description: Whether C(side=receive) must run on the destination before the restore.
+  returned: side=send
+  type: bool
+  sample: false
+dest_paths:
+  description: Paths this call made exist on the destination.
+  returned: success
+  type: list
+  elements: str
+mismatches:
+  description: Files that differ on the destination (the module then fails).
+  returned: failure of the comparison
+  type: list
+  elements: str
+migration_metrics:
+  description: What the metrics callback records (phase C(transfer), one record per call;
+    the receive's record is the combined one).
+  returned: success
+  type: dict
+  sample: {phase: transfer, data: {method: rsync, stage: final, duration_s: 0.84, bytes: 268435456}}
 """
 
 import platform
 from pathlib import Path
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.transfer_backends import TransferError, TransferRequest, backend_for
+from ansible.module_utils.transfer_backends import (
+    TransferError,
+    TransferRequest,
+    backend_for,
+    transfer_receive,
+    transfer_send,
+)
+
+TOOLS = {"rsync": ["rsync", "ssh"], "ssh-zstd": ["tar", "zstd", "ssh"], "efs": ["rsync"]}
+
+
+class CheckpointTransfer:
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.params = module.params
+        self.host = platform.node()
+
+    def request(self) -> TransferRequest:
+        p = self.params
+        return TransferRequest(
+            paths=p["paths"],
+            destination=p["destination"] or "",
+            user=p["destination_user"],
+            ssh_key=p["ssh_key"] or "",
+            known_hosts=p["known_hosts"] or "",
+            ssh_port=p["ssh_port"],
+            cipher=p["cipher"] or "",
+            compress=p["compress"],
+            compress_level=p["compress_level"],
+            verify=p["verify"],
+            stage=p["stage"],
+            efs_path=p["efs_path"] or "",
+            efs_dir=p["efs_dir"] or "",
+            page_server=p["page_server"],
+            fault=p["fault"],
+            method=p["method"],
+        )
+
+    def run(self, argv: list[str]) -> tuple[int, str, str]:
+        return self.module.run_command(argv)
+
+    def fail(self, msg: str, **extra: Any) -> None:
+        self.module.fail_json(msg=msg, method=self.params["method"], **extra)
+
+    def backend(self) -> Any:
+        p = self.params
+        try:
+            backend = backend_for(p["method"], p["compress"])
+        except ValueError as exc:
+            self.fail(str(exc))
+        # the receive runs tools only for two-sided backends (zstd's remote side is checked
+        # by the node checks)
+        runs_tools = p["side"] == "send" or backend.two_sided
+        for tool in TOOLS.get(backend.name, []) if runs_tools else []:
+            self.module.get_bin_path(tool, required=True)
+        return backend
+
+    def send(self) -> None:
+        p = self.params
+        if p["method"] == "rsync" and not p["destination"]:
+            self.fail("method=rsync needs destination (the destination's address)")
+        missing = [path for path in p["paths"] if not Path(path).exists()]
+        if missing:
+            self.fail(f"nothing to send on {self.host}: missing {', '.join(missing)}")
+        backend = self.backend()
+        if self.module.check_mode:
+            self.module.exit_json(changed=True, method=backend.name, msg="check mode: nothing sent")
+        try:
+            outcome = transfer_send(self.request(), self.run, backend)
+        except (TransferError, ValueError) as exc:
+            self.fail(
+                f"{p['method']} transfer from {self.host} failed: {exc}",
+                cmd=getattr(exc, "argv", []),
+                output=getattr(exc, "output", "")[-3000:],
+            )
+        data = outcome.record(p["stage"])
+        extra: dict[str, Any] = {"receive_needed": outcome.receive_needed}
+        if outcome.manifest is not None:
+            extra["manifest"] = outcome.manifest
+        self.module.exit_json(
+            changed=True, **data, **extra, migration_metrics={"phase": "transfer", "data": data}
+        )
+
+    def receive(self) -> None:
+        p = self.params
+        if not p["sent"]:
+            self.fail("side=receive needs sent (the send's migration_metrics.data)")
+        backend = self.backend()
+        if self.module.check_mode:
+            self.module.exit_json(
+                changed=True, method=backend.name, msg="check mode: nothing received"
+            )
+        try:
+            record, problems = transfer_receive(
+                self.request(), self.run, p["sent"], p["manifest"], backend
+            )
+        except (TransferError, ValueError) as exc:
+            self.fail(
+                f"{p['method']} receive on {self.host} failed: {exc}",
+                cmd=getattr(exc, "argv", []),
+                output=getattr(exc, "output", "")[-3000:],
+            )
+        record["stage"] = p["stage"]
+        metrics = {"phase": "transfer", "data": record}
+        if problems:
+            self.fail(
+                f"checksum mismatch on {self.host} after the {record.get('method')} transfer, "
+                f"so the restore is not attempted: {'; '.join(problems)}",
+                mismatches=problems,
+                verify=record["verify"],
+                migration_metrics=metrics,
+            )
+        self.module.exit_json(changed=True, **record, migration_metrics=metrics)
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
+            "side": {"type": "str", "default": "send", "choices": ["send", "receive"]},
             "method": {"type": "str", "default": "rsync", "choices": ["rsync", "efs", "s3", "ebs"]},
             "paths": {"type": "list", "elements": "path", "required": True},
             "destination": {"type": "str"},
@@ -145,51 +375,21 @@ def main() -> None:
             "compress_level": {"type": "int", "default": 3},
             "verify": {"type": "bool", "default": False},
             "efs_path": {"type": "path"},
+            "efs_dir": {"type": "path"},
+            "page_server": {"type": "bool", "default": False},
+            "manifest": {"type": "dict"},
+            "sent": {"type": "dict"},
+            "fault": {"type": "str", "default": "none", "choices": ["none", "interrupt"]},
             "stage": {"type": "str", "default": "final"},
         },
-        required_if=[("method", "rsync", ("destination",))],
+        required_if=[("method", "efs", ("efs_path", "efs_dir"))],
         supports_check_mode=True,
     )
-    p = module.params
-    host = platform.node()
-    missing = [path for path in p["paths"] if not Path(path).exists()]
-    if missing:
-        module.fail_json(msg=f"nothing to send on {host}: missing {', '.join(missing)}")
-    request = TransferRequest(
-        paths=p["paths"],
-        destination=p["destination"] or "",
-        user=p["destination_user"],
-        ssh_key=p["ssh_key"] or "",
-        known_hosts=p["known_hosts"] or "",
-        ssh_port=p["ssh_port"],
-        cipher=p["cipher"] or "",
-        compress=p["compress"],
-        compress_level=p["compress_level"],
-        verify=p["verify"],
-        stage=p["stage"],
-        efs_path=p["efs_path"] or "",
-    )
-    try:
-        backend = backend_for(p["method"])
-    except ValueError as exc:
-        module.fail_json(msg=str(exc))
-    if module.check_mode:
-        module.exit_json(changed=True, method=p["method"], msg="check mode: nothing sent")
-
-    def run(argv: list[str]) -> tuple[int, str, str]:
-        return module.run_command(argv)
-
-    try:
-        result = backend.send(request, run)
-    except TransferError as exc:
-        module.fail_json(
-            msg=f"{p['method']} transfer from {host} failed: {exc}",
-            cmd=exc.argv,
-            output=exc.output[-3000:],
-        )
-    data = result.as_dict()
-    data["stage"] = p["stage"]
-    module.exit_json(changed=True, **data, migration_metrics={"phase": "transfer", "data": data})
+    transfer = CheckpointTransfer(module)
+    if module.params["side"] == "send":
+        transfer.send()
+    else:
+        transfer.receive()
 
 
 if __name__ == "__main__":

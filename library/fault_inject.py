@@ -13,12 +13,15 @@ description:
   - C(fault=pid_busy) occupies PID I(pid) on this host with a detached C(sleep), by setting
     the PID namespace's C(ns_last_pid) to I(pid)-1 just before forking; a CRIU restore that
     needs that PID then fails with "File exists".
+  - C(fault=corrupt_image) flips one byte (XOR 0xff, in the middle) of the largest page
+    image (C(pages-*.img)) in the images folder I(path) on this host - a transfer that
+    corrupted data silently; C(transfer_verify=true) must catch it before the restore.
   - C(state=cleared) kills the holder started earlier (I(holder_pid)).
 options:
   fault:
     description: Which fault.
     type: str
-    choices: [pid_busy]
+    choices: [pid_busy, corrupt_image]
     default: pid_busy
   state:
     description: C(present) injects, C(cleared) removes.
@@ -31,6 +34,9 @@ options:
   holder_pid:
     description: The holder to kill (state=cleared).
     type: int
+  path:
+    description: The images folder whose largest page image is altered (fault=corrupt_image).
+    type: path
 attributes:
   check_mode:
     support: none
@@ -48,9 +54,14 @@ EXAMPLES = r"""
 RETURN = r"""
 holder_pid:
   description: The process holding the PID.
-  returned: state=present
+  returned: fault=pid_busy, state=present
   type: int
   sample: 16591
+corrupted:
+  description: The file, offset and byte values altered.
+  returned: fault=corrupt_image
+  type: dict
+  sample: {file: /var/lib/criu-migration/images/e1/1/pages-1.img, offset: 16777216, old: 0, new: 255}
 """
 
 import os
@@ -86,18 +97,44 @@ def occupy(module: AnsibleModule, pid: int) -> int:
     raise AssertionError("unreachable")
 
 
+def corrupt(module: AnsibleModule, folder: Path) -> dict[str, object]:
+    images = [p for p in folder.glob("pages-*.img") if p.is_file() and p.stat().st_size > 0]
+    if not images:
+        module.fail_json(msg=f"no page image (pages-*.img) in {folder} to corrupt")
+    target = max(images, key=lambda p: p.stat().st_size)
+    offset = target.stat().st_size // 2
+    with target.open("r+b") as handle:
+        handle.seek(offset)
+        old = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([old ^ 0xFF]))
+    return {"file": str(target), "offset": offset, "old": old, "new": old ^ 0xFF}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "fault": {"type": "str", "default": "pid_busy", "choices": ["pid_busy"]},
+            "fault": {
+                "type": "str",
+                "default": "pid_busy",
+                "choices": ["pid_busy", "corrupt_image"],
+            },
             "state": {"type": "str", "default": "present", "choices": ["present", "cleared"]},
             "pid": {"type": "int"},
             "holder_pid": {"type": "int"},
+            "path": {"type": "path"},
         },
-        required_if=[("state", "present", ("pid",)), ("state", "cleared", ("holder_pid",))],
+        required_if=[
+            ("fault", "corrupt_image", ("path",)),
+            ("state", "cleared", ("holder_pid",)),
+        ],
     )
     p = module.params
+    if p["fault"] == "corrupt_image":
+        module.exit_json(changed=True, fault=p["fault"], corrupted=corrupt(module, Path(p["path"])))
     if p["state"] == "present":
+        if p["pid"] is None:
+            module.fail_json(msg="fault=pid_busy needs pid")
         holder = occupy(module, p["pid"])
         module.exit_json(changed=True, holder_pid=holder, fault=p["fault"])
     try:

@@ -85,6 +85,7 @@ migration_experiment:
 
 import datetime as dt
 import platform
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -145,10 +146,13 @@ def main() -> None:
         module.fail_json(msg=f"cannot create results_root {root}: {exc}")
     base = f"{params['workload']}_{stamp}"
     several = len(params["pairs"]) > 1
-    experiment_id = unique_dir(root, base).name
+    folder_base = unique_dir(root, base).name
+    # The id names the experiment's folders on the nodes; runs with other results roots may
+    # start in the same second, so it carries a random suffix the results folder does not need.
+    experiment_id = f"{folder_base}-{secrets.token_hex(3)}"
     pairs = []
     for pair in params["pairs"]:
-        folder = f"{experiment_id}_{pair['source']}" if several else experiment_id
+        folder = f"{folder_base}_{pair['source']}" if several else folder_base
         results_dir = unique_dir(root, folder)
         for side in ("source", "dest"):
             (results_dir / side).mkdir(parents=True)
@@ -168,7 +172,11 @@ def main() -> None:
         "id": experiment_id,
         "name": params["name"],
         "started_at_epoch": started,
-        "workload": {"type": params["workload"], "params": params["params"], "script": params["script"]},
+        "workload": {
+            "type": params["workload"],
+            "params": params["params"],
+            "script": params["script"],
+        },
         "strategy": {
             "mode": settings.get("strategy"),
             "lazy_pages": settings.get("lazy_pages", False),

@@ -31,6 +31,11 @@ options:
     description: Include CRIU's page images (C(pages-*.img)), which can be large.
     type: bool
     default: false
+  images_dir:
+    description: The checkpoint images' folder when it is not under I(checkpoint_dir) (e.g. on a
+      shared filesystem with the efs transfer); its small files are packed at the top level,
+      as if it were I(checkpoint_dir).
+    type: path
   working_files:
     description: Files of I(working_dir) to include.
     type: list
@@ -86,6 +91,7 @@ def main() -> None:
             "working_dir": {"type": "path", "required": True},
             "dest": {"type": "path", "required": True},
             "keep_images": {"type": "bool", "default": False},
+            "images_dir": {"type": "path"},
             "working_files": {
                 "type": "list",
                 "elements": "str",
@@ -101,16 +107,21 @@ def main() -> None:
         Path(p["dest"]),
     )
     members: list[tuple[Path, str]] = []
-    if checkpoint_dir.is_dir():
-        for path in sorted(checkpoint_dir.rglob("*")):
+    roots = [checkpoint_dir]
+    if p["images_dir"] and Path(p["images_dir"]) != checkpoint_dir:
+        roots.append(Path(p["images_dir"]))
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*")):
+            wanted = p["keep_images"] or not is_page_image(path)
             if (
                 path.is_file()
                 and not path.is_symlink()
-                and (p["keep_images"] or not is_page_image(path))
+                and wanted
+                and path.resolve() != dest.resolve()
             ):
-                if path.resolve() == dest.resolve():
-                    continue
-                members.append((path, str(path.relative_to(checkpoint_dir))))
+                members.append((path, str(path.relative_to(root))))
     for name in p["working_files"]:
         path = working_dir / name
         if path.is_file():

@@ -173,6 +173,132 @@ def _address_port(opts: dict[str, Any], flag: str | None = None) -> list[str]:
     return argv
 
 
+# -- CRIU's logs: what the daemons did, and how long they took -----------------------------
+
+# Every line of a CRIU log starts with "(SS.uuuuuu)": seconds since that CRIU process started.
+_LOG_TS_RE = re.compile(r"^\((\d+\.\d+)\)", re.MULTILINE)
+_ERROR_PREFIX_RE = re.compile(r"^(?:\(\d+\.\d+\)\s*)?Error \([^)]*\):\s*")
+# lazy-pages (criu/uffd.c): one line per restored task when its pages are all in.
+_UFFD_TOTAL_RE = re.compile(r"uffd: (\d+)-\d+: Found (\d+) pages to be handled by UFFD")
+_UFFD_DONE_RE = re.compile(r"uffd: (\d+)-\d+: UFFD transferred pages: \((\d+)/(\d+)\)")
+_UFFD_PID_RE = re.compile(r"uffd: Received PID: (\d+)")
+
+# A dump with --lazy-pages (network post-copy) has written every image but the pages and
+# waits for the destination's lazy-pages daemon once it logs this (criu/cr-dump.c).
+LAZY_DUMP_SERVING = "Starting lazy pages server"
+DUMP_FINISHED = "Dumping finished successfully"
+
+
+def log_timestamps(text: str) -> list[float]:
+    """The "(SS.uuuuuu)" stamps of a CRIU log, in order (seconds since CRIU started)."""
+    return [float(stamp) for stamp in _LOG_TS_RE.findall(text or "")]
+
+
+def _stamp_of(text: str, needle: str, last: bool = False) -> float | None:
+    """The stamp of the first (or last) log line containing `needle`."""
+    lines = [line for line in (text or "").splitlines() if needle in line]
+    if not lines:
+        return None
+    match = _LOG_TS_RE.match(lines[-1] if last else lines[0])
+    return float(match.group(1)) if match else None
+
+
+def error_message(line: str) -> str:
+    """A CRIU error line without its stamp and source location: what it says."""
+    return _ERROR_PREFIX_RE.sub("", (line or "").strip())
+
+
+def summarize_lazy_pages_log(text: str) -> dict[str, Any]:
+    """What a `criu lazy-pages` daemon's log says about the pages it served.
+
+    pages_lazy_total: pages the restored tasks left to the daemon; pages_lazy_served: pages
+    it copied in (on fault or in the background); complete: every task got all its pages;
+    serving_s: from the restore's connection to the last task's last page (log stamps).
+    """
+    totals = {int(pid): int(n) for pid, n in _UFFD_TOTAL_RE.findall(text or "")}
+    done = {int(pid): (int(a), int(b)) for pid, a, b in _UFFD_DONE_RE.findall(text or "")}
+    connected = _stamp_of(text, "uffd: Received PID:")
+    finished = _stamp_of(text, "UFFD transferred pages:", last=True)
+    stamps = log_timestamps(text)
+    summary: dict[str, Any] = {
+        "tasks": sorted(int(pid) for pid in _UFFD_PID_RE.findall(text or "")),
+        "pages_lazy_total": sum(totals.values()),
+        "pages_lazy_served": sum(a for a, _ in done.values()),
+        "complete": bool(totals)
+        and all(pid in done and done[pid][0] == done[pid][1] for pid in totals),
+        "serving_s": round(finished - connected, 6)
+        if connected is not None and finished is not None
+        else None,
+        "lifetime_s": stamps[-1] if stamps else None,
+        "error": error_message(first_error(text)),
+    }
+    return summary
+
+
+def summarize_page_server_log(text: str) -> dict[str, Any]:
+    """What a `criu page-server` daemon's log says: was the dump's session complete, and how long.
+
+    session_s: from the dump's connection to "Session over" (log stamps).
+    """
+    accepted = _stamp_of(text, "Accepted connection from")
+    over = _stamp_of(text, "page-xfer: Session over")
+    stamps = log_timestamps(text)
+    return {
+        "connected": accepted is not None,
+        "session_complete": over is not None,
+        "session_s": round(over - accepted, 6)
+        if accepted is not None and over is not None
+        else None,
+        "lifetime_s": stamps[-1] if stamps else None,
+        "error": error_message(first_error(text)),
+    }
+
+
+def summarize_lazy_dump_log(text: str) -> dict[str, Any]:
+    """Where a `criu dump --lazy-pages` (network post-copy) is: serving, finished or failed.
+
+    serving_at_s: when every image but the pages was written and CRIU began serving pages;
+    finished_at_s: "Dumping finished successfully" (every page fetched by the destination).
+    """
+    serving = _stamp_of(text, LAZY_DUMP_SERVING)
+    finished = _stamp_of(text, DUMP_FINISHED)
+    error = error_message(first_error(text))
+    return {
+        "serving": serving is not None,
+        "serving_at_s": serving,
+        "finished": finished is not None,
+        "finished_at_s": finished,
+        "failed": bool(error) and finished is None,
+        "error": error,
+    }
+
+
+def lazy_network_probe_verdict(logs: dict[str, str], restored_ok: bool) -> dict[str, Any]:
+    """Judge the network lazy-pages probe from the logs of its three CRIU calls.
+
+    `logs` maps "dump", "lazy-pages", "restore" to their log text (missing when that step
+    never ran); `restored_ok`: the restored throwaway process read its memory back intact.
+    Returns ok, the failing side (the dump serves pages: a source-side failure; lazy-pages or
+    restore: a destination-side one) and the reason in CRIU's own words.
+    """
+    if restored_ok:
+        return {"ok": True, "side": "", "reason": ""}
+    # The dump side first: when it cannot serve, the others only see the connection drop.
+    for side, what in (
+        ("dump", "criu dump --lazy-pages (serving pages)"),
+        ("lazy-pages", "criu lazy-pages --page-server (fetching pages)"),
+        ("restore", "criu restore --lazy-pages"),
+    ):
+        error = error_message(first_error(logs.get(side, "")))
+        if error:
+            return {"ok": False, "side": side, "reason": f"{what} failed: {error}"}
+    return {
+        "ok": False,
+        "side": "",
+        "reason": "the restored probe process did not read its memory back (no CRIU error logged)",
+    }
+
+
 def log_tail(text: str, lines: int = 25) -> str:
     """The last `lines` lines of a CRIU log: where CRIU says why it failed."""
     return "\n".join((text or "").splitlines()[-lines:])

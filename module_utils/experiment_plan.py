@@ -15,18 +15,16 @@ from workload_registry import Param, Workload, coerce, param_errors, resolve_par
 STRATEGIES = ("predump", "full")
 TRANSFERS = ("rsync", "efs", "s3", "ebs")
 # Backends whose implementation has not landed yet: refused with that reason.
-TRANSFERS_NOT_YET = {"s3": "the S3 backend", "ebs": "the EBS backend", "efs": "the EFS backend"}
+TRANSFERS_NOT_YET = {"s3": "the S3 backend", "ebs": "the EBS backend"}
 # Options whose implementation has not landed yet: refused instead of silently ignored.
-OPTIONS_NOT_YET = {
-    "page_server": "streaming pages to criu page-server",
-    "lazy_pages": "lazy-pages restore",
-    "transfer_verify": "checksum verification of transfers",
-}
-COMPRESS_NOT_YET = {"zstd": "zstd stream compression"}
+OPTIONS_NOT_YET: dict[str, str] = {}
+COMPRESS_NOT_YET: dict[str, str] = {}
 PREDUMP_MODES = ("fixed", "adaptive")
 LAZY_PAGES_MODES = ("images", "network")
 COMPRESSIONS = ("none", "zstd")
-FAULTS = ("none", "restore_pid_busy")
+# restore_pid_busy: the restore fails; transfer_interrupt: the transfer's SSH link dies
+# midway; corrupt_image: a page image is altered on the destination after the transfer.
+FAULTS = ("none", "restore_pid_busy", "transfer_interrupt", "corrupt_image")
 SSH_CIPHERS = (
     "chacha20-poly1305@openssh.com",
     "aes128-gcm@openssh.com",
@@ -45,6 +43,12 @@ SETTINGS: dict[str, Param] = {
         Param("predump_iterations", "int", 8, min=1, max=1000),
         Param("predump_interval", "float", 10.0, min=0.0, unit="s"),
         Param("predump_mode", "str", "fixed", choices=PREDUMP_MODES),
+        # predump_mode=adaptive's stop rule (module_utils/predump_policy.py)
+        Param("predump_min_pages", "int", 64, min=0),
+        Param("predump_skip_goal_pct", "float", 70.0, min=0.0, max=100.0, unit="%"),
+        Param("predump_max_growth_pct", "float", 10.0, min=-100.0, unit="%"),
+        Param("predump_deadline_s", "float", 0.0, min=0.0, unit="s"),
+        Param("predump_final_reserve_s", "float", 5.0, min=0.0, unit="s"),
         Param("lazy_pages", "bool", False),
         Param("lazy_pages_mode", "str", "images", choices=LAZY_PAGES_MODES),
         Param("lazy_pages_port", "int", 27001, min=1, max=65535),
@@ -184,6 +188,16 @@ def plan_experiment(
         plan.errors.append(
             f"transfer_compress={compress} is not available yet ({COMPRESS_NOT_YET[compress]} has not landed)"
         )
+    if (
+        plan.settings.get("page_server")
+        and plan.settings.get("lazy_pages")
+        and plan.settings.get("lazy_pages_mode") == "network"
+    ):
+        plan.errors.append(
+            "page_server=true and lazy_pages_mode=network exclude each other: network post-copy "
+            "keeps the pages on the source until the destination faults them in; use "
+            "lazy_pages_mode=images with the page server"
+        )
     if plan.settings.get("page_server") and plan.settings.get(
         "page_server_port"
     ) == plan.settings.get("lazy_pages_port"):
@@ -195,7 +209,64 @@ def plan_experiment(
         plan.errors.extend(errors)
     plan.pairs, errors = plan_pairs(groups, host_var)
     plan.errors.extend(errors)
+    plan.errors.extend(transfer_errors(plan.settings, plan.pairs, host_var))
     return plan
+
+
+def transfer_errors(
+    settings: Mapping[str, Any], pairs: list[dict[str, str]], host_var: Callable[[str, str], Any]
+) -> list[str]:
+    """What the transfer settings and the inventory cannot do together (the node checks then
+    see whether efs_mount_path really is one filesystem on both hosts)."""
+    errors: list[str] = []
+    transfer, fault = settings.get("transfer"), settings.get("inject_fault")
+    if transfer == "efs":
+        for pair in pairs:
+            paths = {
+                side: host_var(pair[side], "efs_mount_path") for side in ("source", "destination")
+            }
+            for side, path in paths.items():
+                if not path:
+                    errors.append(
+                        f"transfer=efs needs efs_mount_path (where the shared filesystem is "
+                        f"mounted) for {pair[side]}; the lab sets /mnt/criu-shared, Terraform's "
+                        "inventories set it with create_efs=true"
+                    )
+                elif not str(path).startswith("/"):
+                    errors.append(
+                        f"efs_mount_path={path!r} of {pair[side]} is not an absolute path"
+                    )
+            if all(paths.values()) and paths["source"] != paths["destination"]:
+                errors.append(
+                    f"transfer=efs: efs_mount_path differs between {pair['source']} "
+                    f"({paths['source']}) and {pair['destination']} ({paths['destination']}); "
+                    "the restore reads the images at the path the dump wrote them"
+                )
+        if settings.get("transfer_compress") not in (None, "none"):
+            errors.append(
+                f"transfer_compress={settings['transfer_compress']} compresses the SSH stream "
+                "of transfer=rsync; with transfer=efs nothing is streamed (use transfer_compress=none)"
+            )
+        if settings.get("page_server"):
+            errors.append(
+                "page_server=true streams the pages to the destination; with transfer=efs the "
+                "images are already on the shared filesystem: use one or the other"
+            )
+        if fault in ("corrupt_image", "transfer_interrupt"):
+            errors.append(
+                f"inject_fault={fault} needs a transfer that copies (rsync): with transfer=efs "
+                + (
+                    "the image it would alter is the only copy, which the rollback restores"
+                    if fault == "corrupt_image"
+                    else "there is no stream to cut"
+                )
+            )
+    if fault == "corrupt_image" and settings.get("page_server"):
+        errors.append(
+            "inject_fault=corrupt_image with page_server=true would alter the only copy of the "
+            "page images (the page server wrote them on the destination)"
+        )
+    return errors
 
 
 def _feature_error(host: str, kernel: str, wants: str, feature: str, advice: str) -> str:
@@ -222,12 +293,36 @@ def gating_errors(
                 "use strategy=full, or the soft-dirty guest lab",
             )
         )  # fmt: skip
-    if role == "destination" and settings.get("lazy_pages") and not facts.get("lazy_pages"):
+    lazy = bool(settings.get("lazy_pages"))
+    network_lazy = lazy and settings.get("lazy_pages_mode") == "network"
+    if role == "destination" and lazy and facts.get("uffd") is False:
+        errors.append(
+            _feature_error(
+                host, kernel, "lazy_pages=true",
+                "userfaultfd (CONFIG_USERFAULTFD; criu check --feature uffd)",
+                "set lazy_pages=false",
+            )
+        )  # fmt: skip
+    elif role == "destination" and lazy and not facts.get("lazy_pages"):
         errors.append(
             _feature_error(
                 host, kernel, "lazy_pages=true",
                 "userfaultfd with non-cooperative events (criu check --feature uffd-noncoop)",
                 "set lazy_pages=false",
+            )
+        )  # fmt: skip
+    # The criu role's probe tries the whole round trip on each host; a failure is charged to
+    # the side that failed: the dump serving pages (source) or fetching them (destination).
+    failed_side = facts.get("lazy_pages_network_side") or ""
+    charged = failed_side not in (("lazy-pages", "restore") if role == "source" else ("dump",))
+    if network_lazy and not facts.get("lazy_pages_network") and charged:
+        errors.append(
+            _feature_error(
+                host, kernel, "lazy_pages_mode=network",
+                "network post-copy (criu dump --lazy-pages serving pages to criu lazy-pages "
+                "--page-server)",
+                f"the probe says: {facts.get('lazy_pages_network_reason') or 'not probed'}; "
+                "use lazy_pages_mode=images",
             )
         )  # fmt: skip
     criu_needs = workload.get("criu") or {}

@@ -117,20 +117,36 @@ def deadline_verdicts(
 
 
 def _predump_section(pair: PairRecord) -> dict[str, Any]:
+    # each pre-dump's own transfer (stage predump-<n>), sent while the workload ran
+    sent = {
+        t.get("stage"): t
+        for t in pair.phases.get("transfer", [])
+        if str(t.get("stage", "")).startswith("predump-")
+    }
     iterations = []
     for index, data in enumerate(pair.phases.get("predump", []), start=1):
         stats = data.get("stats", {})
-        iterations.append(
-            {
-                "index": data.get("index", index),
-                "duration_s": data.get("duration_s", 0.0),
-                "pages_written": stats.get("pages_written", 0),
-                "pages_skipped": stats.get("pages_skipped_parent", 0),
-                "bytes": stats.get("bytes_written", 0),
-                "frozen_s": stats.get("frozen_s"),
-                "stats": stats,
+        number = data.get("index", index)
+        iteration = {
+            "index": number,
+            "duration_s": data.get("duration_s", 0.0),
+            "pages_written": stats.get("pages_written", 0),
+            "pages_skipped": stats.get("pages_skipped_parent", 0),
+            "bytes": stats.get("bytes_written", 0),
+            "frozen_s": stats.get("frozen_s"),
+            "stats": stats,
+        }
+        transfer = sent.get(f"predump-{number}")
+        if transfer:
+            iteration["transfer"] = {
+                key: transfer.get(key)
+                for key in ("method", "duration_s", "bytes", "files", "throughput_mb_s")
             }
-        )
+        if data.get("started_at"):
+            iteration["started_at"] = iso_utc(data["started_at"])
+        if data.get("decision"):
+            iteration["decision"] = data["decision"]  # the stop rule's figures after it
+        iterations.append(iteration)
     total = round(sum(item["duration_s"] for item in iterations), 6)
     section: dict[str, Any] = {
         "iterations": iterations,
@@ -158,8 +174,17 @@ def _final_dump_section(pair: PairRecord) -> dict[str, Any]:
 
 def _transfer_section(pair: PairRecord, method: str) -> dict[str, Any]:
     transfers = pair.phases.get("transfer", [])
-    final = [t for t in transfers if t.get("stage", "final") == "final"]
-    main = final[-1] if final else {}
+    # A two-sided or verified transfer reports twice: its send, then the receive's record of
+    # the whole transfer (send + receive + check). The last record of a stage is the whole;
+    # the paths each made exist on the destination are united.
+    by_stage: dict[str, dict[str, Any]] = {}
+    for transfer in transfers:
+        stage = transfer.get("stage", "final")
+        paths = [*by_stage.get(stage, {}).get("dest_paths", []), *transfer.get("dest_paths", [])]
+        by_stage[stage] = (
+            {**transfer, "dest_paths": list(dict.fromkeys(paths))} if paths else transfer
+        )
+    main = by_stage.get("final", {})
     section = {
         "method": main.get("method", method),
         "duration_s": main.get("duration_s", 0.0),
@@ -170,7 +195,7 @@ def _transfer_section(pair: PairRecord, method: str) -> dict[str, Any]:
     for key, value in main.items():
         if key not in section and key not in ("host", "stage"):
             section[key] = value
-    incremental = [t for t in transfers if t.get("stage", "final") != "final"]
+    incremental = [t for stage, t in by_stage.items() if stage != "final"]
     if incremental:
         section["predump_transfers"] = [
             {key: value for key, value in t.items() if key != "host"} for t in incremental
@@ -278,6 +303,169 @@ def task_phase_totals(tasks: list[TaskRecord]) -> dict[str, float]:
     return {phase: round(hi - lo, 6) for phase, (lo, hi) in spans.items()}
 
 
+# Cross-checks of CRIU's own statistics against the suite's timings. CRIU measures inside the
+# call, so none of its times may exceed the call (or its Ansible task) beyond clock jitter.
+STATS_TOLERANCE_S = 0.05
+# A restore call may spend this long beyond CRIU's restore_time (start-up, reading images)
+# before the gap is reported: the larger of the two.
+RESTORE_GAP_S = 1.0
+RESTORE_GAP_FRACTION = 0.5
+# How far page counts that must agree (dump vs page server, dump vs restore + lazy) may drift.
+PAGE_COUNT_TOLERANCE = 0.005
+# Slack when matching a CRIU call to its Ansible task by time (host vs control clocks).
+TASK_MATCH_SLACK_S = 0.5
+
+
+def _task_of(pair: PairRecord, phase: str, call: dict[str, Any]) -> TaskRecord | None:
+    """The Ansible task that ran a CRIU call: same phase and host, its span holding the call's."""
+    start, end, host = call.get("started_at"), call.get("finished_at"), call.get("host")
+    if not start or not end:
+        return None
+    for task in pair.tasks:
+        if task.phase == phase and task.host == host and task.status in ("ok", "failed"):
+            task_end = task.start_epoch + task.duration_s
+            if (
+                task.start_epoch - TASK_MATCH_SLACK_S <= start
+                and end <= task_end + TASK_MATCH_SLACK_S
+            ):
+                return task
+    return None
+
+
+def criu_stats_warnings(pair: PairRecord) -> list[dict[str, Any]]:
+    """Where CRIU's own statistics and the suite's timings (or each other) disagree.
+
+    Checked for every CRIU call recorded: a dump or restore without a stats image; CRIU's
+    frozen time longer than the dump call or its Ansible task; more pages written than
+    scanned; restore_time longer than the restore call, or far shorter; the page server
+    receiving other than what the dump wrote; the pages restored plus those served lazily
+    differing from the pages dumped; a daemon that did not finish its work.
+    """
+    warnings: list[dict[str, Any]] = []
+
+    def warn(check: str, call: dict[str, Any], phase: str, message: str, **figures: Any) -> None:
+        warnings.append(
+            {"check": check, "phase": phase, "host": call.get("host"), "message": message} | figures
+        )
+
+    def far(a: float, b: float) -> bool:
+        return abs(a - b) > PAGE_COUNT_TOLERANCE * max(a, b, 1)
+
+    predumps = pair.phases.get("predump", [])
+    dumps = [(f"pre-dump {i}", "predump", call) for i, call in enumerate(predumps, 1)]
+    if pair.phases.get("final_dump"):
+        dumps.append(("final dump", "final_dump", pair.last("final_dump")))
+    for what, phase, call in dumps:
+        stats, duration = call.get("stats") or {}, call.get("duration_s")
+        if not stats:
+            message = f"CRIU wrote no stats-dump for the {what}: only the suite's timings remain"
+            warn("stats_missing", call, phase, message)
+            continue
+        frozen = stats.get("frozen_s")
+        # A post-copy dump keeps its tasks frozen until the destination fetched the last page.
+        limit = call.get("served_s") if call.get("lazy_network") else duration
+        if frozen is not None and limit is not None and frozen > limit + STATS_TOLERANCE_S:
+            message = (
+                f"CRIU's frozen time for the {what} ({frozen:.3f}s) is longer than the CRIU "
+                f"call itself ({limit:.3f}s)"
+            )
+            warn("frozen_vs_call", call, phase, message, frozen_s=frozen, call_s=limit)
+        task = None if call.get("lazy_network") else _task_of(pair, phase, call)
+        if task is not None:
+            task_s = round(task.duration_s, 6)
+            if frozen is not None and frozen > task_s + STATS_TOLERANCE_S:
+                message = (
+                    f"CRIU's frozen time for the {what} ({frozen:.3f}s) is longer than its "
+                    f"task '{task.task}' ({task_s:.3f}s)"
+                )
+                warn("frozen_vs_task", call, phase, message, frozen_s=frozen, task_s=task_s)
+            if duration is not None and duration > task_s + STATS_TOLERANCE_S:
+                message = (
+                    f"the {what}'s CRIU call ({duration:.3f}s) took longer than its task "
+                    f"'{task.task}' ({task_s:.3f}s): are the clocks right?"
+                )
+                warn("call_vs_task", call, phase, message, call_s=duration, task_s=task_s)
+        scanned, written = stats.get("pages_scanned"), stats.get("pages_written")
+        if scanned is not None and written is not None and written > scanned:
+            message = f"CRIU wrote more pages ({written}) than it scanned ({scanned}) in the {what}"
+            warn("pages_written_vs_scanned", call, phase, message)
+
+    for what, phase in (("restore", "restore"), ("rollback restore", "rollback")):
+        if not pair.phases.get(phase):
+            continue
+        call = pair.last(phase)
+        if call.get("resumed_on_source"):
+            continue  # a post-copy dump that gave up unfroze the tasks: no CRIU restore ran
+        stats, duration = call.get("stats") or {}, call.get("duration_s")
+        restore_s = stats.get("restore_s")
+        if not stats:
+            message = f"CRIU wrote no stats-restore for the {what}: only the suite's timings remain"
+            warn("stats_missing", call, phase, message)
+        elif restore_s is None or duration is None:
+            continue
+        elif restore_s > duration + STATS_TOLERANCE_S:
+            message = (
+                f"CRIU's restore time ({restore_s:.3f}s) is longer than the {what} call "
+                f"({duration:.3f}s)"
+            )
+            warn("restore_vs_call", call, phase, message, restore_s=restore_s, call_s=duration)
+        elif duration - restore_s > max(RESTORE_GAP_S, RESTORE_GAP_FRACTION * duration):
+            message = (
+                f"the {what} call took {duration:.3f}s but CRIU's restore time is "
+                f"{restore_s:.3f}s: {duration - restore_s:.3f}s went elsewhere (start-up, "
+                "image reads, a slow page source)"
+            )
+            warn("restore_vs_call", call, phase, message, restore_s=restore_s, call_s=duration)
+
+    dump_stats = pair.last("final_dump").get("stats") or {}
+    if pair.phases.get("page_server"):
+        server = pair.last("page_server")
+        if not (server.get("finished") and server.get("session_complete")):
+            message = "the page server did not see the dump's session through" + (
+                f": {server['error']}" if server.get("error") else ""
+            )
+            warn("page_server_incomplete", server, "page_server", message)
+        received, written = server.get("bytes_received"), dump_stats.get("bytes_written")
+        if received is not None and written is not None and far(received, written):
+            message = (
+                f"the page server received {received} bytes of pages, the dump reports "
+                f"{written} written"
+            )
+            warn(
+                "page_server_bytes",
+                server,
+                "page_server",
+                message,
+                bytes_received=received,
+                bytes_written=written,
+            )
+    if pair.phases.get("lazy_pages"):
+        lazy = pair.last("lazy_pages")
+        served = lazy.get("pages_lazy_served")
+        if not (lazy.get("finished") and lazy.get("complete")):
+            message = (
+                f"the lazy-pages daemon served {served} of {lazy.get('pages_lazy_total')} pages"
+                + (f": {lazy['error']}" if lazy.get("error") else "")
+            )
+            warn("lazy_pages_incomplete", lazy, "lazy_pages", message)
+        restored = (pair.last("restore").get("stats") or {}).get("pages_restored")
+        dumped = dump_stats.get("pages_written", 0) + dump_stats.get("pages_lazy", 0)
+        # After pre-dumps the restore also reads the parents' pages: no single dump to match.
+        comparable = restored is not None and served is not None and dumped > 0
+        if comparable and not pair.phases.get("predump") and far(restored + served, dumped):
+            message = f"{restored} pages restored + {served} served lazily != {dumped} pages dumped"
+            warn(
+                "lazy_pages_count",
+                lazy,
+                "lazy_pages",
+                message,
+                pages_restored=restored,
+                pages_lazy_served=served,
+                pages_dumped=dumped,
+            )
+    return warnings
+
+
 def build_metrics(
     experiment: dict[str, Any], pair: PairRecord, started_at: float, finished_at: float
 ) -> dict[str, Any]:
@@ -354,6 +542,9 @@ def build_metrics(
     ):
         if pair.phases.get(phase):
             metrics[key] = [dict(d) for d in pair.phases[phase]]
+    cross_checks = criu_stats_warnings(pair)
+    if cross_checks:
+        metrics["warnings"] = metrics.get("warnings", []) + cross_checks
     if pair.failure:
         metrics["failure"] = pair.failure
     return metrics
@@ -361,6 +552,25 @@ def build_metrics(
 
 def _fmt_s(value: Any) -> str:
     return f"{value:.2f}s" if isinstance(value, int | float) else "n/a"
+
+
+def _daemon_lines(restore: dict[str, Any]) -> list[str]:
+    """The page server's and the lazy-pages daemon's figures, when they ran."""
+    lines = []
+    server = restore.get("page_server")
+    if server:
+        lines.append(
+            f"  Page server: {server.get('pages_received', 0)} pages received "
+            f"({server.get('bytes_received', 0) / MB:.2f} MB) in a {_fmt_s(server.get('session_s'))} "
+            "session"
+        )
+    lazy = restore.get("lazy_pages")
+    if lazy:
+        lines.append(
+            f"  Lazy pages: {lazy.get('pages_lazy_served', 0)} of {lazy.get('pages_lazy_total', 0)} "
+            f"served in {_fmt_s(lazy.get('serving_s'))} after the restore"
+        )
+    return lines
 
 
 def summary_text(metrics: dict[str, Any]) -> str:
@@ -384,8 +594,13 @@ def summary_text(metrics: dict[str, Any]) -> str:
         ]
         lines += [
             f"  Iteration {it['index']}: {_fmt_s(it['duration_s'])} ({it['pages_written']} pages written)"
+            + (f", sent in {_fmt_s(it['transfer']['duration_s'])}" if it.get("transfer") else "")
             for it in predump["iterations"]
         ]
+        if predump.get("stop"):
+            lines.append(
+                f"  Stopped: {predump['stop'].get('reason')} ({predump['stop'].get('detail', '')})"
+            )
     dump = phases["final_dump"]
     lines += [
         "Final Dump:",
@@ -401,6 +616,9 @@ def summary_text(metrics: dict[str, Any]) -> str:
         f"  Throughput: {transfer['throughput_mb_s']:.2f} MB/s",
         "Restore:",
         f"  Duration: {_fmt_s(phases['restore']['duration_s'] if phases['restore']['finished_at'] else None)}",
+    ]
+    lines += _daemon_lines(phases["restore"])
+    lines += [
         f"Downtime (dump start -> restored): {_fmt_s(metrics['downtime_s'])}",
         f"App-perceived downtime (progress.log gap): {_fmt_s(metrics['app_downtime_s'])}"
         f" (strace: {_fmt_s(metrics['app_downtime']['strace_s'])})",
@@ -422,6 +640,9 @@ def summary_text(metrics: dict[str, Any]) -> str:
             f"FAILED in {failure.get('phase')}: {failure.get('task')} on {failure.get('host')}"
         )
         lines.append(f"  {str(failure.get('msg', ''))[:300]}")
+    if metrics.get("warnings"):
+        lines.append(f"Warnings ({len(metrics['warnings'])}):")
+        lines += [f"  - {warning.get('message', warning)}" for warning in metrics["warnings"]]
     lines += [
         f"Total Experiment Duration: {_fmt_s(metrics['experiment']['duration_s'])}",
         f"Results: {metrics['experiment']['results_dir']}",

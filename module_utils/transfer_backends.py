@@ -1,22 +1,61 @@
 """Checkpoint transfer backends: how images and the working directory reach the destination.
 
-A backend moves a list of absolute paths from the source host so that they exist at the
-same paths on the destination. `send` runs on the source; backends whose destination has
-to fetch (S3, EBS) also implement `receive`, run on the destination. Argv building and
-output parsing are pure functions with unit tests; the `checkpoint_transfer` module runs
-them. Standard library only.
+A backend makes a list of absolute paths on the source exist at the same paths on the
+destination (CRIU restores open files by path). `send` runs on the source; a two-sided
+backend (`efs` here, S3 and EBS later) also has a `receive` that runs on the destination
+before the restore. Backends:
+
+- `rsync`: straight from source to destination over SSH, one rsync, the cipher a setting.
+- `ssh-zstd` (transfer=rsync with transfer_compress=zstd): `tar | zstd | ssh | zstd -d | tar`,
+  built from Popen pipes with a counting pump in the middle (compressed bytes are measured,
+  not estimated).
+- `efs`: the images were written by the dump onto a filesystem both hosts mount; only the
+  paths that are not on it (the working directory) are staged there (send) and copied to
+  their local paths on the destination (receive).
+
+Integrity: a sha256 manifest of the sent files (`checksum_manifest`), compared on the
+destination (`compare_manifest`). Argv building, output parsing and the manifest code are
+plain functions with unit tests; the `checkpoint_transfer` module runs them.
+Standard library only (this file runs on the nodes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import re
+import shlex
+import signal
+import subprocess
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # run(argv) -> (rc, stdout, stderr)
 Runner = Callable[[list[str]], tuple[int, str, str]]
+
+MB = 1_000_000.0
+CHUNK = 1 << 20
+CHECKSUM = "sha256"
+# inject_fault=transfer_interrupt: rsync is throttled to this rate (KiB/s) and its SSH
+# connection killed after INTERRUPT_AFTER_S, so it dies midway, deterministically.
+INTERRUPT_BWLIMIT_KIB = 8192
+INTERRUPT_AFTER_S = 1.0
+# ... and the zstd stream is cut after this many compressed bytes.
+INTERRUPT_AFTER_BYTES = 64 * 1024
+
+VERIFY_NOT_APPLICABLE_EFS = (
+    "not applicable: transfer=efs restores the very files the dump wrote on the shared "
+    "filesystem; there is no second copy to compare"
+)
+VERIFY_PAGES_STREAMED = (
+    "not applicable: the page images went to criu page-server on the destination during "
+    "the dump; the source has no copy to checksum"
+)
 
 
 @dataclass
@@ -32,7 +71,11 @@ class TransferRequest:
     compress_level: int = 3
     verify: bool = False
     stage: str = "final"
-    efs_path: str = ""
+    efs_path: str = ""  # the shared filesystem's mount path (efs)
+    efs_dir: str = ""  # this experiment's folder on it (efs)
+    page_server: bool = False  # page images were streamed to criu page-server
+    fault: str = "none"  # none | interrupt
+    method: str = "rsync"  # the transfer setting; with compress it picks the backend
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -52,9 +95,7 @@ class TransferResult:
             "duration_s": round(self.duration_s, 6),
             "bytes": self.bytes,
             "files": self.files,
-            "throughput_mb_s": round(self.bytes / 1e6 / self.duration_s, 3)
-            if self.duration_s > 0
-            else 0.0,
+            "throughput_mb_s": mb_per_s(self.bytes, self.duration_s),
             "dest_paths": self.dest_paths,
         }
         if self.wire_bytes is not None:
@@ -72,8 +113,54 @@ class TransferError(RuntimeError):
 
 class TransferBackend(Protocol):
     name: str
+    # True: the destination must run `receive` before the restore.
+    two_sided: bool
 
     def send(self, request: TransferRequest, run: Runner) -> TransferResult: ...
+
+    def receive(self, request: TransferRequest, run: Runner) -> TransferResult | None: ...
+
+
+def mb_per_s(size_bytes: float, seconds: float) -> float:
+    return round(size_bytes / MB / seconds, 3) if seconds > 0 else 0.0
+
+
+def check_paths(paths: Iterable[str]) -> None:
+    for path in paths:
+        if not path.startswith("/") or any(ch.isspace() for ch in path):
+            raise ValueError(f"transfer path {path!r} must be absolute and without spaces")
+
+
+def is_under(path: str, root: str) -> bool:
+    path, root = os.path.normpath(path), os.path.normpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def payload_of(paths: Iterable[str]) -> tuple[int, int]:
+    """(bytes, regular files) under `paths`, symlinks not followed."""
+    total = files = 0
+    for path in regular_files(paths):
+        total += os.lstat(path).st_size
+        files += 1
+    return total, files
+
+
+def regular_files(paths: Iterable[str]) -> list[str]:
+    """Every regular file under `paths` (a path may itself be a file), sorted."""
+    found: list[str] = []
+    for root in paths:
+        if os.path.isfile(root) and not os.path.islink(root):
+            found.append(root)
+            continue
+        for folder, _dirs, names in os.walk(root):
+            for name in names:
+                path = os.path.join(folder, name)
+                if os.path.isfile(path) and not os.path.islink(path):
+                    found.append(path)
+    return sorted(found)
+
+
+# -- ssh and rsync ------------------------------------------------------------------------
 
 
 def ssh_command(request: TransferRequest) -> list[str]:
@@ -93,17 +180,19 @@ def ssh_command(request: TransferRequest) -> list[str]:
     return argv
 
 
-def rsync_argv(request: TransferRequest, rsync: str = "rsync") -> list[str]:
+def rsync_argv(request: TransferRequest, rsync: str = "rsync", bwlimit_kib: int = 0) -> list[str]:
     """rsync of `paths` to the same absolute paths on the destination, over SSH.
 
     --whole-file: the destination has no older copy worth a delta search, so the search
-    only costs time. --relative keeps the absolute paths. --sparse keeps holes as holes.
+    only costs time. --relative keeps the absolute paths. --sparse keeps holes as holes (a
+    workload's sparse file must not grow on the destination; docs/transfer.md measures what
+    it costs on page images). No --inplace (it cannot be combined with --sparse before
+    rsync 3.1.3, and a cut transfer would leave half-written files under the final names),
+    no -z (compression is transfer_compress=zstd, a separate pipeline).
     """
     if not request.destination:
         raise ValueError("rsync needs the destination's address")
-    for path in request.paths:
-        if not path.startswith("/") or any(ch.isspace() for ch in path):
-            raise ValueError(f"transfer path {path!r} must be absolute and without spaces")
+    check_paths(request.paths)
     argv = [
         rsync,
         "--archive",
@@ -115,10 +204,28 @@ def rsync_argv(request: TransferRequest, rsync: str = "rsync") -> list[str]:
         "--rsh",
         " ".join(ssh_command(request)),
     ]
+    if bwlimit_kib:
+        argv.append(f"--bwlimit={bwlimit_kib}")
     if request.user != "root":
         argv += ["--rsync-path", "sudo rsync"]
     argv += [*request.paths, f"{request.user}@{request.destination}:/"]
     return argv
+
+
+def local_rsync_argv(sources: Sequence[str], dest: str, rsync: str = "rsync") -> list[str]:
+    """rsync between two local folders (efs staging), keeping the sources' absolute paths
+    under `dest` (--relative; a `/./` in a source marks where the kept part starts)."""
+    return [
+        rsync,
+        "--archive",
+        "--relative",
+        "--whole-file",
+        "--sparse",
+        "--numeric-ids",
+        "--stats",
+        *sources,
+        dest,
+    ]
 
 
 _STAT_PATTERNS = {
@@ -139,13 +246,55 @@ def parse_rsync_stats(output: str) -> dict[str, int]:
     return stats
 
 
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (from /proc)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            children.append(int(entry))
+    return children
+
+
+def run_and_cut(argv: list[str], after_s: float) -> tuple[int, str, str]:
+    """Run `argv`, and after `after_s` kill the processes it spawned (its ssh): the link
+    dies under a running transfer. Returns (rc, stdout, stderr) like a Runner."""
+    with subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=after_s)
+            return proc.returncode, out, err  # finished before the cut
+        except subprocess.TimeoutExpired:
+            pass
+        for child in child_pids(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        out, err = proc.communicate()
+        note = f"\n[inject_fault=transfer_interrupt: SSH connection killed after {after_s:g} s]"
+        return proc.returncode, out, err + note
+
+
 class RsyncBackend:
     name = "rsync"
+    two_sided = False
 
     def send(self, request: TransferRequest, run: Runner) -> TransferResult:
-        argv = rsync_argv(request)
+        interrupt = request.fault == "interrupt"
+        argv = rsync_argv(request, bwlimit_kib=INTERRUPT_BWLIMIT_KIB if interrupt else 0)
         t0 = time.monotonic()
-        rc, out, err = run(argv)
+        rc, out, err = run_and_cut(argv, INTERRUPT_AFTER_S) if interrupt else run(argv)
         duration = time.monotonic() - t0
         if rc != 0:
             raise TransferError(
@@ -164,14 +313,544 @@ class RsyncBackend:
             extra={"cipher": request.cipher, "total_size": stats.get("total_size", 0)},
         )
 
+    def receive(self, request: TransferRequest, run: Runner) -> TransferResult | None:
+        return None  # rsync wrote the files on the destination already
 
-BACKENDS: dict[str, type] = {"rsync": RsyncBackend}
+
+# -- tar | zstd | ssh pipeline --------------------------------------------------------------
 
 
-def backend_for(method: str) -> TransferBackend:
+@dataclass
+class Pipeline:
+    """Processes connected stdout -> stdin; the Python pump sits before stage `pump_at`."""
+
+    stages: list[list[str]]
+    pump_at: int
+
+    def describe(self) -> str:
+        parts = [shlex.join(stage) for stage in self.stages]
+        parts.insert(self.pump_at, "(count)")
+        return " | ".join(parts)
+
+
+def zstd_pipeline(
+    request: TransferRequest, tar: str = "tar", zstd: str = "zstd", remote_zstd: str = "zstd"
+) -> Pipeline:
+    """`tar -c paths | zstd -T0 -<level> | (count) | ssh dest 'zstd -d | tar -x -C /'`.
+
+    tar takes the paths relative to / so the destination extracts them at the same absolute
+    paths. The remote side is one command line for the destination's shell (ssh sends a
+    string), quoted stage by stage.
+    """
+    if not request.destination:
+        raise ValueError("the zstd stream needs the destination's address")
+    check_paths(request.paths)
+    level = int(request.compress_level)
+    if not 1 <= level <= 19:
+        raise ValueError(f"zstd level {level} is outside 1..19")
+    relative = [path.lstrip("/") for path in request.paths]
+    sudo = [] if request.user == "root" else ["sudo"]
+    remote = " | ".join(
+        [
+            shlex.join([remote_zstd, "--decompress", "--quiet", "--stdout"]),
+            shlex.join([*sudo, "tar", "--extract", "--numeric-owner", "--file=-", "--directory=/"]),
+        ]
+    )
+    return Pipeline(
+        stages=[
+            [
+                tar,
+                "--create",
+                "--sparse",
+                "--numeric-owner",
+                "--totals",
+                "--file=-",
+                "--directory=/",
+                *relative,
+            ],
+            [zstd, "--threads=0", f"-{level}", "--quiet", "--stdout"],
+            [*ssh_command(request), f"{request.user}@{request.destination}", remote],
+        ],
+        pump_at=2,
+    )
+
+
+@dataclass
+class PipelineOutcome:
+    returncodes: list[int]
+    stderr: list[str]
+    pumped_bytes: int
+    duration_s: float
+    cpu_s: list[float]  # user + system seconds of each stage
+    cut: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.cut and all(rc == 0 for rc in self.returncodes)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> float:
+    """Wait for `proc` and return its CPU seconds (os.wait4 gives the rusage Popen hides;
+    0.0 when Popen reaped it already)."""
+    if proc.returncode is not None:
+        return 0.0
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL without Popen.kill, which may reap the process and lose its rusage."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+
+
+def run_pipeline(pipeline: Pipeline, cut_after_bytes: int = 0) -> PipelineOutcome:
+    """Run the stages with OS pipes; bytes from stage pump_at-1 to pump_at go through a
+    counting loop here. cut_after_bytes > 0 kills the stage after the pump (the ssh) once
+    that many bytes went through: the stream dies midway (inject_fault)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    # stderr to files, not pipes: nothing here reads them while the stages run
+    errs = [tempfile.TemporaryFile() for _ in pipeline.stages]  # noqa: SIM115 (closed below)
+    pumped, cut = 0, False
+    t0 = time.monotonic()
     try:
-        return BACKENDS[method]()
-    except KeyError:
+        upstream = subprocess.DEVNULL
+        for index, argv in enumerate(pipeline.stages):
+            stdin = subprocess.PIPE if index == pipeline.pump_at else upstream
+            last = index == len(pipeline.stages) - 1
+            proc = subprocess.Popen(
+                argv,
+                stdin=stdin,
+                stdout=subprocess.DEVNULL if last else subprocess.PIPE,
+                stderr=errs[index],
+            )
+            if index > 0 and index != pipeline.pump_at and procs[-1].stdout:
+                procs[-1].stdout.close()  # the child holds it now; EOF/SIGPIPE must propagate
+            procs.append(proc)
+            upstream = proc.stdout
+        source = procs[pipeline.pump_at - 1].stdout
+        sink = procs[pipeline.pump_at].stdin
+        assert source is not None and sink is not None
+        try:
+            while True:
+                chunk = os.read(source.fileno(), CHUNK)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(sink.fileno(), view) :]
+                pumped += len(chunk)
+                if cut_after_bytes and pumped >= cut_after_bytes:
+                    _kill(procs[pipeline.pump_at])
+                    cut = True
+                    break
+        except BrokenPipeError:
+            pass  # the receiving side died: its return code says why
+        finally:
+            sink.close()
+            if cut:
+                for proc in procs[: pipeline.pump_at]:
+                    _kill(proc)
+            source.close()
+        cpu = [_reap(proc) for proc in procs]
+    except BaseException:
+        for proc in procs:
+            _kill(proc)
+            with contextlib.suppress(ChildProcessError):
+                _reap(proc)
+        raise
+    finally:
+        texts = []
+        for err in errs:
+            err.seek(0)
+            texts.append(err.read().decode(errors="replace"))
+            err.close()
+    return PipelineOutcome(
+        returncodes=[proc.returncode or 0 for proc in procs],
+        stderr=texts,
+        pumped_bytes=pumped,
+        duration_s=time.monotonic() - t0,
+        cpu_s=[round(value, 6) for value in cpu],
+        cut=cut,
+    )
+
+
+_TAR_TOTALS = re.compile(r"Total bytes written:\s*(\d+)")
+
+
+def parse_tar_totals(stderr: str) -> int | None:
+    """The tar stream's size from `tar --totals` ("Total bytes written: N (...)")."""
+    match = _TAR_TOTALS.search(stderr or "")
+    return int(match.group(1)) if match else None
+
+
+def compression_figures(
+    raw_bytes: int, compressed_bytes: int, duration_s: float, cpu_s: float, level: int
+) -> dict[str, Any]:
+    """Ratio, time and MB/s before and after compression, for metrics.json."""
+    return {
+        "algorithm": "zstd",
+        "level": level,
+        "raw_bytes": raw_bytes,
+        "compressed_bytes": compressed_bytes,
+        "ratio": round(raw_bytes / compressed_bytes, 3) if compressed_bytes else None,
+        "duration_s": round(duration_s, 6),
+        "raw_mb_s": mb_per_s(raw_bytes, duration_s),
+        "compressed_mb_s": mb_per_s(compressed_bytes, duration_s),
+        "compress_cpu_s": round(cpu_s, 6),
+    }
+
+
+class ZstdSshBackend:
+    """transfer=rsync with transfer_compress=zstd: a compressed tar stream over SSH."""
+
+    name = "ssh-zstd"
+    two_sided = False
+
+    def send(self, request: TransferRequest, run: Runner) -> TransferResult:
+        pipeline = zstd_pipeline(request)
+        payload, files = payload_of(request.paths)
+        cut = INTERRUPT_AFTER_BYTES if request.fault == "interrupt" else 0
+        outcome = run_pipeline(pipeline, cut_after_bytes=cut)
+        if not outcome.ok:
+            names = ["tar", "zstd", "ssh (zstd -d | tar -x on the destination)"]
+            failed = [
+                f"{names[i]} rc={rc}: {outcome.stderr[i].strip()[-300:]}"
+                for i, rc in enumerate(outcome.returncodes)
+                if rc != 0
+            ]
+            if outcome.cut:
+                failed.append(
+                    f"inject_fault=transfer_interrupt: SSH killed after {outcome.pumped_bytes} "
+                    "compressed bytes"
+                )
+            raise TransferError(
+                f"zstd stream to {request.destination} failed: {'; '.join(failed)}",
+                pipeline.stages[-1],
+                "\n".join(outcome.stderr),
+            )
+        raw = parse_tar_totals(outcome.stderr[0]) or payload
+        return TransferResult(
+            method=self.name,
+            duration_s=outcome.duration_s,
+            bytes=payload,
+            files=files,
+            wire_bytes=outcome.pumped_bytes,
+            dest_paths=list(request.paths),
+            extra={
+                "cipher": request.cipher,
+                "pipeline": pipeline.describe(),
+                "compression": compression_figures(
+                    raw,
+                    outcome.pumped_bytes,
+                    outcome.duration_s,
+                    outcome.cpu_s[1],
+                    request.compress_level,
+                ),
+            },
+        )
+
+    def receive(self, request: TransferRequest, run: Runner) -> TransferResult | None:
+        return None  # tar extracted the files on the destination already
+
+
+# -- efs: a filesystem both hosts mount --------------------------------------------------------
+
+
+def efs_layout(request: TransferRequest) -> tuple[list[str], list[str], str]:
+    """(paths already on the shared filesystem, paths to stage, staging folder)."""
+    if not request.efs_path or not request.efs_dir:
         raise ValueError(
-            f"transfer method {method!r} is not implemented; available: {', '.join(BACKENDS)}"
+            "transfer=efs needs the mount path (efs_path) and the experiment's folder on it (efs_dir)"
+        )
+    check_paths([*request.paths, request.efs_path, request.efs_dir])
+    if not is_under(request.efs_dir, request.efs_path):
+        raise ValueError(f"efs_dir {request.efs_dir} is not under efs_path {request.efs_path}")
+    in_place = [p for p in request.paths if is_under(p, request.efs_path)]
+    staged = [p for p in request.paths if not is_under(p, request.efs_path)]
+    return in_place, staged, os.path.join(request.efs_dir, "files")
+
+
+class EfsBackend:
+    """The dump wrote the images onto the shared filesystem; the rest goes through it."""
+
+    name = "efs"
+    two_sided = True
+
+    def send(self, request: TransferRequest, run: Runner) -> TransferResult:
+        in_place, staged, staging = efs_layout(request)
+        if not in_place:
+            raise TransferError(
+                f"transfer=efs: none of {', '.join(request.paths)} is on the shared filesystem "
+                f"{request.efs_path}: the images must be dumped there (migration_images_base)"
+            )
+        shared_bytes, shared_files = payload_of(in_place)
+        stats: dict[str, int] = {}
+        t0 = time.monotonic()
+        if staged:
+            os.makedirs(staging, exist_ok=True)
+            argv = local_rsync_argv(staged, staging + "/")
+            rc, out, err = run(argv)
+            if rc != 0:
+                raise TransferError(
+                    f"staging {', '.join(staged)} on {request.efs_path} failed (rc={rc}): "
+                    f"{err.strip()[-500:]}",
+                    argv,
+                    out + err,
+                )
+            stats = parse_rsync_stats(out)
+        duration = time.monotonic() - t0
+        return TransferResult(
+            method=self.name,
+            duration_s=duration,
+            bytes=stats.get("bytes", 0),
+            files=stats.get("files", 0),
+            dest_paths=in_place,
+            extra={
+                "efs_path": request.efs_path,
+                "efs_dir": request.efs_dir,
+                "shared_bytes": shared_bytes,
+                "shared_files": shared_files,
+                "staged": staged,
+            },
+        )
+
+    def receive(self, request: TransferRequest, run: Runner) -> TransferResult | None:
+        _in_place, staged, staging = efs_layout(request)
+        stats: dict[str, int] = {}
+        t0 = time.monotonic()
+        if staged:
+            argv = local_rsync_argv([f"{staging}/.{path}" for path in staged], "/")
+            rc, out, err = run(argv)
+            if rc != 0:
+                raise TransferError(
+                    f"copying {', '.join(staged)} from {staging} failed (rc={rc}): "
+                    f"{err.strip()[-500:]}",
+                    argv,
+                    out + err,
+                )
+            stats = parse_rsync_stats(out)
+        return TransferResult(
+            method=self.name,
+            duration_s=time.monotonic() - t0,
+            bytes=stats.get("bytes", 0),
+            files=stats.get("files", 0),
+            dest_paths=staged,
+        )
+
+
+# -- integrity: checksum manifests ------------------------------------------------------------
+
+
+def file_digest(path: str, algorithm: str = CHECKSUM) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksum_manifest(paths: Iterable[str], algorithm: str = CHECKSUM) -> dict[str, dict[str, Any]]:
+    """{absolute file path: {"size": bytes, algorithm: hex digest}} of every regular file."""
+    return {
+        path: {"size": os.lstat(path).st_size, algorithm: file_digest(path, algorithm)}
+        for path in regular_files(paths)
+    }
+
+
+def manifest_of_files(files: Iterable[str], algorithm: str = CHECKSUM) -> dict[str, dict[str, Any]]:
+    """The same manifest for named files as they are here; a missing file has no entry."""
+    manifest: dict[str, dict[str, Any]] = {}
+    for path in files:
+        if os.path.isfile(path):
+            manifest[path] = {
+                "size": os.lstat(path).st_size,
+                algorithm: file_digest(path, algorithm),
+            }
+    return manifest
+
+
+def compare_manifest(
+    expected: dict[str, dict[str, Any]],
+    actual: dict[str, dict[str, Any]],
+    algorithm: str = CHECKSUM,
+) -> list[str]:
+    """What differs, one line per file (missing, size, digest); empty when all match."""
+    problems = []
+    for path in sorted(expected):
+        want, got = expected[path], actual.get(path)
+        if got is None:
+            problems.append(f"{path}: missing on the destination")
+        elif got.get("size") != want.get("size"):
+            problems.append(f"{path}: size {got.get('size')} != {want.get('size')} on the source")
+        elif got.get(algorithm) != want.get(algorithm):
+            problems.append(
+                f"{path}: {algorithm} {got.get(algorithm)} != {want.get(algorithm)} on the source"
+            )
+    return problems
+
+
+class ManifestThread(threading.Thread):
+    """Checksums the source files while the send runs (hashlib releases the GIL on large
+    buffers, so this overlaps the transfer's own processes)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.paths = paths
+        self.manifest: dict[str, dict[str, Any]] = {}
+        self.duration_s = 0.0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        try:
+            self.manifest = checksum_manifest(self.paths)
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+        self.duration_s = time.monotonic() - t0
+
+
+def combine_sides(
+    sent: dict[str, Any],
+    received: dict[str, Any] | None,
+    verify: dict[str, Any] | str,
+) -> dict[str, Any]:
+    """One metrics record per transfer: totals over send (+ receive) (+ destination check),
+    with each side's own figures beside them."""
+    record = {k: v for k, v in sent.items() if k not in ("send", "receive", "verify")}
+    send = sent.get("send") or {
+        key: sent.get(key) for key in ("duration_s", "bytes", "files", "throughput_mb_s")
+    }
+    record["send"] = send
+    duration = float(send.get("duration_s") or 0.0)
+    # the paths this call made exist on the destination (the send's are in its own record;
+    # the metrics report unites a stage's records)
+    record["dest_paths"] = list((received or {}).get("dest_paths") or [])
+    if received is not None:
+        record["receive"] = {
+            key: received.get(key) for key in ("duration_s", "bytes", "files", "throughput_mb_s")
+        }
+        duration += float(received.get("duration_s") or 0.0)
+    if isinstance(verify, dict):
+        duration += float(verify.get("destination_s") or 0.0)
+    record["verify"] = verify
+    record["duration_s"] = round(duration, 6)
+    record["throughput_mb_s"] = mb_per_s(record.get("bytes", 0), duration)
+    return record
+
+
+def verify_scope(request: TransferRequest) -> str | None:
+    """Why verification does not apply to this transfer (None: it applies)."""
+    if not request.verify:
+        return "off"
+    if request.method == "efs":
+        return VERIFY_NOT_APPLICABLE_EFS
+    return None
+
+
+@dataclass
+class SendOutcome:
+    result: TransferResult
+    manifest: dict[str, dict[str, Any]] | None
+    receive_needed: bool
+
+    def record(self, stage: str) -> dict[str, Any]:
+        data = self.result.as_dict()
+        data["stage"] = stage
+        return data
+
+
+def transfer_send(
+    request: TransferRequest, run: Runner, backend: TransferBackend | None = None
+) -> SendOutcome:
+    """The source's side: the backend's send, with the source's checksum manifest computed
+    alongside when verification applies (CRIU writes the images itself, so they cannot be
+    hashed while written: they are hashed right after the dump, during the send)."""
+    backend = backend or backend_for(request.method, request.compress)
+    scope = verify_scope(request)
+    hasher = None
+    if scope is None:
+        hasher = ManifestThread(list(request.paths))
+        hasher.start()
+    try:
+        result = backend.send(request, run)
+    finally:
+        if hasher is not None:
+            hasher.join()
+    verify: dict[str, Any] | str = scope or ""
+    manifest = None
+    if hasher is not None:
+        if hasher.error is not None:
+            raise TransferError(f"checksumming the sent files failed: {hasher.error}")
+        manifest = hasher.manifest
+        verify = {
+            "algorithm": CHECKSUM,
+            "files": len(manifest),
+            "bytes": sum(entry["size"] for entry in manifest.values()),
+            "source_s": round(hasher.duration_s, 6),
+            "source_when": "right after the dump, while the files were sent",
+        }
+        if request.page_server:
+            verify["page_images"] = VERIFY_PAGES_STREAMED
+    result.extra["verify"] = verify
+    result.extra["send"] = {
+        "duration_s": round(result.duration_s, 6),
+        "bytes": result.bytes,
+        "files": result.files,
+        "throughput_mb_s": mb_per_s(result.bytes, result.duration_s),
+    }
+    return SendOutcome(result, manifest, backend.two_sided or manifest is not None)
+
+
+def transfer_receive(
+    request: TransferRequest,
+    run: Runner,
+    sent: dict[str, Any],
+    manifest: dict[str, dict[str, Any]] | None,
+    backend: TransferBackend | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The destination's side: the backend's receive, then the checksum comparison.
+    Returns the transfer's combined record and the mismatches (empty: all good)."""
+    backend = backend or backend_for(request.method, request.compress)
+    received = backend.receive(request, run) if backend.two_sided else None
+    verify = sent.get("verify", "off")
+    problems: list[str] = []
+    if manifest is not None and isinstance(verify, dict):
+        t0 = time.monotonic()
+        actual = manifest_of_files(manifest)
+        problems = compare_manifest(manifest, actual)
+        verify = {
+            **verify,
+            "destination_s": round(time.monotonic() - t0, 6),
+            "ok": not problems,
+            "mismatches": problems,
+        }
+    record = combine_sides(sent, received.as_dict() if received else None, verify)
+    return record, problems
+
+
+BACKENDS: dict[str, type] = {
+    "rsync": RsyncBackend,
+    "ssh-zstd": ZstdSshBackend,
+    "efs": EfsBackend,
+}
+# transfer=<method> with transfer_compress=<compress> -> backend
+COMPRESSED = {("rsync", "zstd"): "ssh-zstd"}
+
+
+def backend_for(method: str, compress: str = "none") -> TransferBackend:
+    name = method if compress in ("", "none") else COMPRESSED.get((method, compress))
+    if name is None:
+        raise ValueError(f"transfer={method} cannot compress with {compress}")
+    try:
+        return BACKENDS[name]()
+    except KeyError:
+        available = ", ".join(key for key in BACKENDS if key not in COMPRESSED.values())
+        raise ValueError(
+            f"transfer method {method!r} is not implemented; available: {available}"
         ) from None

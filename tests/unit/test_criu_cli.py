@@ -507,3 +507,178 @@ def test_feature_names_match_criu_check() -> None:
     assert criu_cli.FEATURE_UFFD_NONCOOP == "uffd-noncoop"
     assert criu_cli.FEATURE_NFT_LOCK == "network_lock_nftables"
     assert criu_cli.FEATURE_UFFD == "uffd"
+
+
+# -- the daemons' logs (tests/fixtures/criu_logs/, recorded with CRIU 4.2.1) ----------------
+
+LOGS = Path(__file__).resolve().parent.parent / "fixtures" / "criu_logs"
+
+
+def log(name: str) -> str:
+    return (LOGS / name).read_text()
+
+
+def test_log_timestamps_and_error_message() -> None:
+    text = "(00.000149) Version: 4.2.1 (gitid 0)\nno stamp here\n(12.500000) done\n"
+    assert criu_cli.log_timestamps(text) == [0.000149, 12.5]
+    assert criu_cli.log_timestamps("") == []
+    assert (
+        criu_cli.error_message(
+            "(00.237586) Error (criu/page-pipe.c:418): page-pipe: tee: 65536: Operation not permitted"
+        )
+        == "page-pipe: tee: 65536: Operation not permitted"
+    )
+    assert (
+        criu_cli.error_message("Error (criu/cr-dump.c:2111): Dumping FAILED.") == "Dumping FAILED."
+    )
+    assert criu_cli.error_message("") == ""
+
+
+def test_lazy_pages_log_of_a_restore_from_local_images() -> None:
+    summary = criu_cli.summarize_lazy_pages_log(log("lazy-images/lazy-pages.log"))
+    assert summary == {
+        "tasks": [16558],
+        "pages_lazy_total": 2441,
+        "pages_lazy_served": 2441,
+        "complete": True,
+        "serving_s": 0.012916,
+        "lifetime_s": 0.168884,
+        "error": "",
+    }
+
+
+def test_lazy_pages_plus_restored_pages_are_the_pages_dumped() -> None:
+    import criu_stats
+
+    dump = criu_stats.summarize_stats_image(str(LOGS / "lazy-images" / "stats-dump"))["dump"]
+    restore = criu_stats.summarize_stats_image(str(LOGS / "lazy-images" / "stats-restore"))
+    lazy = criu_cli.summarize_lazy_pages_log(log("lazy-images/lazy-pages.log"))
+    assert dump["pages_written"] == 2750 and dump["pages_lazy"] == 0
+    assert restore["restore"]["pages_restored"] == 309
+    assert restore["restore"]["pages_restored"] + lazy["pages_lazy_served"] == dump["pages_written"]
+
+
+def test_lazy_pages_log_of_a_failed_network_fetch() -> None:
+    summary = criu_cli.summarize_lazy_pages_log(log("lazy-network/lazy-pages.log"))
+    assert summary["tasks"] == [17057]
+    assert summary["pages_lazy_total"] == 2440
+    assert summary["pages_lazy_served"] == 0
+    assert summary["complete"] is False
+    assert summary["serving_s"] is None
+    assert summary["error"] == "page-xfer: Remote side closed connection"
+
+
+def test_lazy_pages_log_empty() -> None:
+    assert criu_cli.summarize_lazy_pages_log("") == {
+        "tasks": [],
+        "pages_lazy_total": 0,
+        "pages_lazy_served": 0,
+        "complete": False,
+        "serving_s": None,
+        "lifetime_s": None,
+        "error": "",
+    }
+
+
+def test_lazy_pages_log_with_one_task_short_is_incomplete() -> None:
+    text = (
+        "(00.100000) uffd: Received PID: 7, uffd: 12\n"
+        "(00.100100) uffd: 7-12: Found 10 pages to be handled by UFFD\n"
+        "(00.100200) uffd: Received PID: 8, uffd: 13\n"
+        "(00.100300) uffd: 8-13: Found 5 pages to be handled by UFFD\n"
+        "(00.300000) uffd: 7-12: UFFD transferred pages: (10/10)\n"
+        "(00.400000) uffd: 8-13: UFFD transferred pages: (3/5)\n"
+    )
+    summary = criu_cli.summarize_lazy_pages_log(text)
+    assert summary["tasks"] == [7, 8]
+    assert (summary["pages_lazy_total"], summary["pages_lazy_served"]) == (15, 13)
+    assert summary["complete"] is False
+    assert summary["serving_s"] == 0.3
+
+
+def test_page_server_log_and_the_pages_it_received() -> None:
+    import criu_stats
+
+    summary = criu_cli.summarize_page_server_log(log("page-server/page-server.log"))
+    assert summary == {
+        "connected": True,
+        "session_complete": True,
+        "session_s": 0.280565,
+        "lifetime_s": 0.398133,
+        "error": "",
+    }
+    dump = criu_stats.summarize_stats_image(str(LOGS / "page-server" / "stats-dump"))["dump"]
+    assert int(log("page-server/pages-bytes.txt")) == dump["bytes_written"] == 11264000
+    # the page server writes no stats: the dump's stay on the source (criu_stats README)
+    assert "Disconnect from the page server" in log("page-server/dump.log.trimmed")
+
+
+def test_page_server_log_without_a_session() -> None:
+    text = "(00.000100) Version: 4.2.1 (gitid 0)\n(00.043829) Running status-ready scripts\n"
+    assert criu_cli.summarize_page_server_log(text) == {
+        "connected": False,
+        "session_complete": False,
+        "session_s": None,
+        "lifetime_s": 0.043829,
+        "error": "",
+    }
+
+
+def test_lazy_dump_log_failing_on_this_kernel() -> None:
+    assert criu_cli.summarize_lazy_dump_log(log("lazy-network/dump.log.trimmed")) == {
+        "serving": True,
+        "serving_at_s": 0.079777,
+        "finished": False,
+        "finished_at_s": None,
+        "failed": True,
+        "error": "page-pipe: tee: 65536: Operation not permitted",
+    }
+
+
+def test_lazy_dump_log_serving_then_finished() -> None:
+    text = (
+        "(00.040000) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: "
+        "Operation not permitted\n"
+        "(00.079777) Starting lazy pages server\n"
+        "(00.079781) Starting page server on port 27001\n"
+    )
+    serving = criu_cli.summarize_lazy_dump_log(text)
+    assert serving["serving"] and not serving["finished"] and not serving["failed"]
+    done = criu_cli.summarize_lazy_dump_log(
+        text + "(02.500000) Writing stats\n(02.500100) Dumping finished successfully\n"
+    )
+    assert done["finished"] and done["finished_at_s"] == 2.5001 and not done["failed"]
+
+
+def test_probe_verdict_on_this_kernel_blames_the_dump() -> None:
+    logs = {
+        "dump": log("lazy-network/dump.log.trimmed"),
+        "lazy-pages": log("lazy-network/lazy-pages.log"),
+        "restore": log("lazy-network/restore.log.tail"),
+    }
+    assert criu_cli.lazy_network_probe_verdict(logs, restored_ok=False) == {
+        "ok": False,
+        "side": "dump",
+        "reason": "criu dump --lazy-pages (serving pages) failed: "
+        "page-pipe: tee: 65536: Operation not permitted",
+    }
+
+
+def test_probe_verdict_sides() -> None:
+    fetch = "(00.1) Error (criu/uffd.c:1): uffd: cannot register\n"
+    restore = "(00.2) Error (criu/cr-restore.c:1): Restoring FAILED.\n"
+    rlimit = "(00.0) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self\n"
+    verdict = criu_cli.lazy_network_probe_verdict
+    assert verdict({"dump": rlimit, "lazy-pages": fetch, "restore": restore}, False) == {
+        "ok": False,
+        "side": "lazy-pages",
+        "reason": "criu lazy-pages --page-server (fetching pages) failed: uffd: cannot register",
+    }
+    assert verdict({"dump": rlimit, "restore": restore}, False)["side"] == "restore"
+    assert verdict({"dump": rlimit}, False) == {
+        "ok": False,
+        "side": "",
+        "reason": "the restored probe process did not read its memory back (no CRIU error logged)",
+    }
+    # errors logged on the way do not matter once the memory came back intact
+    assert verdict({"lazy-pages": fetch}, True) == {"ok": True, "side": "", "reason": ""}

@@ -16,7 +16,9 @@ from criu_filters import (
     criu_apt_candidate,
     criu_facts_from_probe,
     criu_install_reason,
+    criu_pages_pull_argv,
     criu_version_at_least,
+    lazy_network_facts,
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "criu_cli"
@@ -26,6 +28,32 @@ FEATURES = ("mem_dirty_track", "uffd-noncoop", "network_lock_nftables")
 
 # `apt-cache policy criu` when no repository carries criu.
 APT_POLICY_NONE = "criu:\n  Installed: (none)\n  Candidate: (none)\n  Version table:\n"
+
+
+# The network post-copy facts when the probe did not run (criu_probe_lazy_pages_network=false).
+NOT_PROBED = {
+    "lazy_pages_network": False,
+    "lazy_pages_network_side": "setup",
+    "lazy_pages_network_reason": "network post-copy was not probed on this host "
+    "(criu_probe_lazy_pages_network=false, or `criu check` failed)",
+}
+# What `criu action=check probe=lazy_pages_network` returned on this machine's kernel.
+TEE_REASON = (
+    "criu dump --lazy-pages (serving pages) failed: page-pipe: tee: 65536: Operation not permitted"
+)
+LAZY_NETWORK_PROBE = {
+    "changed": False,
+    "criu_bin": "/usr/local/sbin/criu",
+    "kernel": "6.18.44-fc-v595",
+    "probe": {
+        "name": "lazy_pages_network",
+        "ok": False,
+        "side": "dump",
+        "reason": TEE_REASON,
+        "cached": False,
+        "duration_s": 0.289,
+    },
+}
 
 
 def recorded_probe() -> dict[str, Any]:
@@ -134,6 +162,7 @@ def test_facts_on_this_machine_nftables_lock_no_soft_dirty() -> None:
         "lazy_pages": True,
         "network_lock": "nftables",
         "features": probe["features"],
+        **NOT_PROBED,
     }
 
 
@@ -185,7 +214,80 @@ def test_facts_from_an_empty_probe() -> None:
         "lazy_pages": False,
         "network_lock": "",
         "features": {},
+        **NOT_PROBED,
     }
+
+
+def test_facts_with_the_network_post_copy_probe_of_this_kernel() -> None:
+    facts = criu_facts_from_probe(recorded_probe(), "", LAZY_NETWORK_PROBE)
+    assert facts["lazy_pages"] is True  # uffd-noncoop: lazy restore from images works
+    assert facts["lazy_pages_network"] is False
+    assert facts["lazy_pages_network_side"] == "dump"
+    assert facts["lazy_pages_network_reason"] == TEE_REASON
+
+
+def test_facts_with_a_passing_network_post_copy_probe() -> None:
+    passing = {"probe": {"name": "lazy_pages_network", "ok": True, "side": "", "reason": ""}}
+    assert lazy_network_facts(passing) == {
+        "lazy_pages_network": True,
+        "lazy_pages_network_side": "",
+        "lazy_pages_network_reason": "",
+    }
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [None, {}, {"skipped": True, "skip_reason": "Conditional result was False", "changed": False}],
+)
+def test_facts_when_the_network_probe_was_skipped(probe: dict[str, Any] | None) -> None:
+    assert lazy_network_facts(probe) == NOT_PROBED
+
+
+def test_pages_pull_argv_with_the_labs_ssh_trust() -> None:
+    argv = criu_pages_pull_argv(
+        "/var/lib/criu-migration/images/e1/1/",
+        "10.77.0.12",
+        "root",
+        "/work/main/.lab/id_ed25519",
+        "/work/main/.lab/known_hosts",
+    )
+    assert argv == [
+        "rsync",
+        "--archive",
+        "--whole-file",
+        "--sparse",
+        "--rsh",
+        "ssh -o BatchMode=yes -i /work/main/.lab/id_ed25519 -o IdentitiesOnly=yes "
+        "-o UserKnownHostsFile=/work/main/.lab/known_hosts -o StrictHostKeyChecking=yes",
+        "root@10.77.0.12:/var/lib/criu-migration/images/e1/1/pagemap-*.img",
+        "root@10.77.0.12:/var/lib/criu-migration/images/e1/1/pages-*.img",
+        "/var/lib/criu-migration/images/e1/1/",
+    ]
+
+
+def test_pages_pull_argv_for_a_cloud_user_without_pinned_keys() -> None:
+    argv = criu_pages_pull_argv("/imgs/9", "10.0.1.5", "ubuntu")
+    assert argv[:7] == [
+        "rsync",
+        "--archive",
+        "--whole-file",
+        "--sparse",
+        "--rsh",
+        "ssh -o BatchMode=yes",
+        "--rsync-path",
+    ]
+    assert argv[7:] == [
+        "sudo rsync",
+        "ubuntu@10.0.1.5:/imgs/9/pagemap-*.img",
+        "ubuntu@10.0.1.5:/imgs/9/pages-*.img",
+        "/imgs/9/",
+    ]
+
+
+@pytest.mark.parametrize("images_dir", ["relative/1", "/with space/1"])
+def test_pages_pull_argv_refuses_odd_paths(images_dir: str) -> None:
+    with pytest.raises(ValueError, match="must be absolute and without spaces"):
+        criu_pages_pull_argv(images_dir, "10.77.0.12")
 
 
 def test_filter_names() -> None:
@@ -195,4 +297,5 @@ def test_filter_names() -> None:
         "criu_apt_candidate": criu_apt_candidate,
         "criu_install_reason": criu_install_reason,
         "criu_facts_from_probe": criu_facts_from_probe,
+        "criu_pages_pull_argv": criu_pages_pull_argv,
     }

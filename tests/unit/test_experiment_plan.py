@@ -213,6 +213,86 @@ def test_a_bad_workload_parameter_of_another_workload() -> None:
     assert errors == ["workload redis: redis_port=70000 is above the maximum 65535"]
 
 
+RESOLUTION_FORM = r"^(?:[1-9][0-9]*[02468]|[2468])x(?:[1-9][0-9]*[02468]|[2468])$"
+
+
+# Issue 5's bad workload input, refused by the preflight through the real declarations (their
+# min / choices / pattern), before any host is touched. Values come as -e strings.
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        (
+            {"workload": "video", "resolution": "12x"},
+            f"workload video: resolution='12x' does not match the form {RESOLUTION_FORM}",
+        ),
+        (
+            {"workload": "video", "resolution": "1921x1080"},
+            f"workload video: resolution='1921x1080' does not match the form {RESOLUTION_FORM}",
+        ),
+        (
+            {"workload": "ml_training", "model_size": "huge"},
+            "workload ml_training: model_size='huge' is not one of: small, medium, large",
+        ),
+        (
+            {"workload": "redis", "value_size": "0"},
+            "workload redis: value_size=0 bytes is below the minimum 1 bytes",
+        ),
+        (
+            {"workload": "redis", "num_keys": "-1"},
+            "workload redis: num_keys=-1 is below the minimum 1",
+        ),
+        (
+            {"workload": "redis", "redis_port": "-6379"},
+            "workload redis: redis_port=-6379 is below the minimum 1",
+        ),
+        (
+            {"workload": "matmul", "iterations": "-1"},
+            "workload matmul: iterations=-1 is below the minimum 0",
+        ),
+        (
+            {"workload": "matmul", "matrix_size": -8},
+            "workload matmul: matrix_size=-8 is below the minimum 1",
+        ),
+        (
+            {"workload": "ml_training", "epochs": "-2"},
+            "workload ml_training: epochs=-2 is below the minimum 0",
+        ),
+        (
+            {"workload": "ml_training", "batch_size": "-64"},
+            "workload ml_training: batch_size=-64 is below the minimum 1",
+        ),
+        (
+            {"workload": "ml_training", "dataset_size": "-1"},
+            "workload ml_training: dataset_size=-1 is below the minimum 0",
+        ),
+        (
+            {"workload": "dataproc", "operations": "-3"},
+            "workload dataproc: operations=-3 is below the minimum 0",
+        ),
+        (
+            {"workload": "dataproc", "num_rows": "-1"},
+            "workload dataproc: num_rows=-1 is below the minimum 1",
+        ),
+        ({"workload": "video", "fps": "-30"}, "workload video: fps=-30 is below the minimum 1"),
+        (
+            {"workload": "video", "duration": "-1"},
+            "workload video: duration=-1 s is below the minimum 1 s",
+        ),
+        (
+            {"workload": "video", "video_mode": "stream"},
+            "workload video: video_mode='stream' is not one of: live, file",
+        ),
+    ],
+)
+def test_bad_workload_input_is_refused(variables: dict[str, Any], message: str) -> None:
+    result = plan(variables)
+    assert result["ok"] is False
+    assert result["errors"] == [message]
+    # the bad parameter is not planned; the others keep their values
+    bad = next(name for name in variables if name != "workload")
+    assert bad not in result["workload_params"]
+
+
 def test_every_bad_value_is_reported_at_once() -> None:
     errors = errors_of({"strategy": "x", "mb_size": 0, "predump_iterations": 0})
     assert errors == [

@@ -1,0 +1,270 @@
+"""Page server, lazy pages and feature gating, end to end in the local lab through
+ansible-runner (real CRIU, real SSH): pages streamed to `criu page-server` on the
+destination, a lazy restore served from the transferred images, network post-copy refused
+with the probe's reason on this kernel, and the rollback of a page-server run.
+
+Other engineers run migrations in the same lab: the page-server tests use their own port.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import criu_stats
+import pytest
+from conftest import VENV_BIN, on_host, run_playbook, suite_env
+
+SMALL_MEMORY = {"workload": "memory", "mb_size": 48, "interval": 0.5, "max_memory": 256}
+PAGE_SERVER_PORT = 27230
+
+
+def host_output(host: str, command: str) -> str:
+    proc = on_host(host, command)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.split("(stdout)", 1)[-1].strip()
+
+
+def criu_daemons(host: str, experiment_id: str) -> str:
+    """CRIU processes of this experiment still running on a lab host ("" when none)."""
+    out = host_output(host, f"pgrep -af 'criu .*{experiment_id}' | grep -v pgrep || true")
+    return out.replace("\\n", "\n").strip()
+
+
+def progress(results: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line) for line in (results / "dest" / "progress.log").read_text().splitlines()
+    ]
+
+
+def assert_continuous_migration(metrics: dict[str, Any], results: Path) -> None:
+    assert metrics["status"] == "ok"
+    verification = metrics["verification"]
+    assert verification["restored_running"] is True
+    assert verification["running_on_source"] is False
+    assert verification["seq_continuous"] is True
+    assert verification["state_continuous"] is True
+    assert verification["first_destination_seq"] == verification["last_source_seq"] + 1
+    lines = progress(results)
+    assert any(line.get("event") == "restored" for line in lines)
+    assert lines[-1].get("event") == "finished"
+    assert [line["seq"] for line in lines] == list(
+        range(lines[0]["seq"], lines[0]["seq"] + len(lines))
+    )
+
+
+@pytest.mark.lab
+def test_page_server_migration(lab: Path, tmp_path: Path) -> None:
+    run = run_playbook(
+        tmp_path,
+        "migrate.yml",
+        {
+            **SMALL_MEMORY,
+            "page_server": True,
+            "page_server_port": PAGE_SERVER_PORT,
+            "keep_images": True,
+        },
+    )
+    assert run.rc == 0, run.stdout[-5000:]
+    results = run.only_results_dir()
+    metrics = run.metrics()
+    assert metrics["strategy"]["page_server"] is True
+    assert_continuous_migration(metrics, results)
+
+    # The pages went over TCP into the destination's images folder, never to the source's disk.
+    assert not list((results / "source" / "1").glob("pages-*.img"))
+    received = sum(f.stat().st_size for f in (results / "dest" / "1").glob("pages-*.img"))
+    assert list((results / "dest" / "1").glob("pagemap-*.img"))
+    dump = metrics["phases"]["final_dump"]
+    stats = criu_stats.summarize_stats_image(str(results / "source" / "1" / "stats-dump"))["dump"]
+    assert dump["pages_written"] == stats["pages_written"] > 48 * 256
+    assert received == dump["bytes"] == stats["pages_written"] * 4096
+    assert 0 < dump["frozen_s"] <= dump["duration_s"]
+
+    # The page server's side: its log in dest/, its session complete, what it received.
+    server = metrics["phases"]["restore"]["page_server"]
+    assert server["finished"] is True and server["terminated"] is False
+    assert server["session_complete"] is True and server["session_s"] > 0
+    assert server["bytes_received"] == received
+    assert server["port"] == PAGE_SERVER_PORT
+    log = (results / "dest" / "criu-page-server.log").read_text()
+    assert "Accepted connection from 10.77.0.11" in log and "page-xfer: Session over" in log
+    assert (
+        "page-xfer: Disconnect from the page server"
+        in (results / "source" / "criu-dump.log").read_text()
+    )
+
+    # Only the small image files and the working directory went through the transfer.
+    transfer = metrics["phases"]["transfer"]
+    assert 0 < transfer["bytes"] < received / 10
+    # Restore and downtime as usual; CRIU's figures and the timings agree.
+    assert metrics["phases"]["restore"]["stats"]["pages_restored"] == stats["pages_written"]
+    assert metrics["downtime_s"] >= dump["duration_s"] + metrics["phases"]["restore"]["duration_s"]
+    assert metrics.get("warnings", []) == []
+    assert "  Page server: " in run.stdout
+
+    experiment_id = metrics["experiment"]["id"]
+    assert criu_daemons("destination", experiment_id) == ""
+    assert host_output("destination", f"ss -H -l -t -n 'sport = :{PAGE_SERVER_PORT}'") == ""
+
+
+@pytest.mark.lab
+def test_lazy_pages_migration_from_images(lab: Path, tmp_path: Path) -> None:
+    run = run_playbook(
+        tmp_path, "migrate.yml", {**SMALL_MEMORY, "lazy_pages": True, "keep_images": True}
+    )
+    assert run.rc == 0, run.stdout[-5000:]
+    results = run.only_results_dir()
+    metrics = run.metrics()
+    assert metrics["strategy"]["lazy_pages"] is True
+    assert metrics["strategy"]["lazy_pages_mode"] == "images"
+    # the restored workload's "restored" line recomputed its state from every page it holds
+    assert_continuous_migration(metrics, results)
+
+    restore = metrics["phases"]["restore"]
+    lazy = restore["lazy_pages"]
+    assert lazy["finished"] is True and lazy["complete"] is True and lazy["terminated"] is False
+    assert lazy["pages_lazy_served"] == lazy["pages_lazy_total"] > 48 * 256
+    # the restore itself brought back only what cannot be served lazily
+    dumped = metrics["phases"]["final_dump"]["pages_written"]
+    assert restore["stats"]["pages_restored"] < dumped / 10
+    assert restore["stats"]["pages_restored"] + lazy["pages_lazy_served"] == dumped
+    log = (results / "dest" / "criu-lazy-pages.log").read_text()
+    assert (
+        f"UFFD transferred pages: ({lazy['pages_lazy_served']}/{lazy['pages_lazy_total']})" in log
+    )
+    assert lazy["tasks"] == [restore["pid"]]  # the restored workload got its pages
+    assert metrics.get("warnings", []) == []
+    assert "  Lazy pages: " in run.stdout
+    assert criu_daemons("destination", metrics["experiment"]["id"]) == ""
+
+
+@pytest.mark.lab
+def test_network_lazy_pages_are_refused_with_the_probes_reason(lab: Path, tmp_path: Path) -> None:
+    run = run_playbook(
+        tmp_path, "migrate.yml", {**SMALL_MEMORY, "lazy_pages": True, "lazy_pages_mode": "network"}
+    )
+    if run.rc == 0:
+        pytest.skip("this kernel can do network post-copy: nothing to refuse")
+    metrics = json.loads((run.only_results_dir() / "metrics.json").read_text())
+    failure = metrics["failure"]
+    assert failure["phase"] == "node_checks"
+    assert failure["host"] == "source"
+    kernel = metrics["environment"]["source"]["kernel"]
+    assert (
+        "lazy_pages_mode=network needs network post-copy (criu dump --lazy-pages serving pages to "
+        f"criu lazy-pages --page-server), which source (kernel {kernel}) lacks; the probe says: "
+        "criu dump --lazy-pages (serving pages) failed: page-pipe: tee: 65536: Operation not "
+        "permitted; use lazy_pages_mode=images"
+    ) in failure["msg"]
+    # refused before the workload started; the destination (which fetches) was not blamed
+    assert metrics["workload"]["source_pid"] is None
+    assert not any(task["phase"] in ("deploy", "workload_start") for task in metrics["tasks"])
+    assert "destination (kernel" not in failure["msg"]
+
+
+@pytest.mark.lab
+def test_a_failed_restore_after_a_page_server_dump_rolls_back_to_the_source(
+    lab: Path, tmp_path: Path
+) -> None:
+    run = run_playbook(
+        tmp_path,
+        "migrate.yml",
+        {
+            **SMALL_MEMORY,
+            "page_server": True,
+            "page_server_port": PAGE_SERVER_PORT,
+            "inject_fault": "restore_pid_busy",
+        },
+    )
+    assert run.rc != 0
+    results = run.only_results_dir()
+    metrics = json.loads((results / "metrics.json").read_text())
+    experiment_id = metrics["experiment"]["id"]
+    try:
+        assert metrics["failure"]["phase"] == "restore"
+        assert "File exists" in metrics["failure"]["msg"]
+        # the source had no pages: they came back from the destination before the rollback
+        assert "Fetch the pages the page server received back" in run.stdout
+        assert (
+            metrics["rollback"][0]["stats"]["pages_restored"]
+            == metrics["phases"]["final_dump"]["pages_written"]
+        )
+        assert json.loads((results / "journal.json").read_text())["location"] == "source"
+        running = host_output(
+            "source", f"pgrep -af 'standalone.py --working-dir .*/{experiment_id}' || true"
+        )
+        assert str(metrics["workload"]["source_pid"]) in running
+        assert criu_daemons("destination", experiment_id) == ""
+    finally:
+        on_host("source", f"rm -f /var/lib/criu-migration/work/{experiment_id}/checkpoint_flag")
+
+
+GUEST_INVENTORY = Path(__file__).resolve().parents[2] / "inventories" / "lab_guest" / "hosts.yml"
+
+
+@pytest.mark.guest
+def test_network_post_copy_on_the_soft_dirty_guests(tmp_path: Path) -> None:
+    """Where the probe passes (Debian 12's 6.1 kernel in the QEMU guests), network post-copy
+    runs: the dump serves the pages from the source, the destination's lazy-pages daemon
+    fetches every one of them, the source's dump finishes and the workload runs on."""
+    if not GUEST_INVENTORY.exists():
+        pytest.skip("the guest lab is not up (make lab-up LAB_FLAVOUR=guest)")
+    run = run_playbook(
+        tmp_path,
+        "migrate.yml",
+        {
+            "workload": "memory",
+            "strategy": "full",
+            "mb_size": 8,
+            "interval": 0.5,
+            "max_memory": 32,
+            "lazy_pages": True,
+            "lazy_pages_mode": "network",
+        },
+        inventory=str(GUEST_INVENTORY),
+    )
+    metrics = json.loads((run.only_results_dir() / "metrics.json").read_text())
+    failure = metrics.get("failure") or {}
+    if "lazy_pages_mode=network needs network post-copy" in failure.get("msg", ""):
+        pytest.skip(f"the guests refuse network post-copy: {failure['msg'][:300]}")
+    if metrics["status"] == "exception" and "could not be sent" in failure.get("msg", ""):
+        pytest.skip(f"a guest was unreachable: {failure['msg'][:200]}")
+    experiment_id = metrics["experiment"]["id"]
+    try:
+        dump = metrics["phases"]["final_dump"]
+        lazy = metrics["phases"]["restore"]["lazy_pages"]
+        assert lazy["finished"] is True and lazy["complete"] is True, lazy
+        assert lazy["pages_lazy_served"] == lazy["pages_lazy_total"] > 8 * 256
+        assert lazy["port"] == 27001
+        # the dump returned once it served (its duration), and finished once every page went
+        assert dump["duration_s"] > 0 and dump["started_at"]
+        assert "no stats-dump" not in json.dumps(metrics.get("warnings", []))
+        assert "rollback" not in metrics
+        verification = metrics["verification"]
+        assert verification["restored_running"] is True
+        assert verification["running_on_source"] is False
+        assert verification["seq_continuous"] is True
+        # Known: the restored line's rss_kb can lag while pages still stream in on these slow
+        # emulated guests; any other failure is a real one.
+        if metrics["status"] != "ok":
+            assert metrics["failure"]["phase"] == "verification", metrics["failure"]
+            assert "close:rss_kb" in metrics["failure"]["msg"]
+    finally:
+        subprocess.run(
+            [
+                str(VENV_BIN / "ansible"),
+                "-i",
+                str(GUEST_INVENTORY),
+                "all",
+                "-m",
+                "shell",
+                "-a",
+                f"rm -f /var/lib/criu-migration/work/{experiment_id}/checkpoint_flag",
+            ],
+            env=suite_env(),
+            capture_output=True,
+            check=False,
+        )
