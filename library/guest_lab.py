@@ -157,12 +157,10 @@ duration_s:
 """
 
 import contextlib
-import json
 import os
 import selectors
 import shlex
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -176,8 +174,6 @@ from ansible.module_utils.guest_image import (
     GUEST_SSH_KEY,
     PIDFILE,
     Guest,
-    bridge_address,
-    bridge_name,
     clock_offset,
     guests,
     is_guest_link,
@@ -186,6 +182,7 @@ from ansible.module_utils.guest_image import (
     qemu_pidfile_of,
     read_manifest,
 )
+from ansible.module_utils.lab_base import LabBase, LabError, process_running, ssh_banner, wait_gone
 
 # Runs in a guest: answers "t" with its clock, applies "adj <seconds>" to it.
 CLOCK_AGENT = """
@@ -200,76 +197,16 @@ for line in sys.stdin:
 CLOCK_SAMPLES = 12
 
 
-class GuestLabError(Exception):
-    pass
+GuestLabError = LabError  # the lab flavours share one error type
 
 
-class GuestLab:
+class GuestLab(LabBase):
     def __init__(self, module: AnsibleModule) -> None:
-        self.module = module
-        self.dir = Path(module.params["lab_dir"])
-        self.subnet: str = module.params["subnet"]
-        self.prefix: str = module.params["prefix"]
-        self.bridge = bridge_name(self.prefix)
-        self.state_file = self.dir / "state.json"
-        self.key = self.dir / "id_ed25519"
-        self.known_hosts = self.dir / "known_hosts"
-        self.bins = {
-            name: module.get_bin_path(name, required=True, opt_dirs=["/usr/sbin", "/sbin"])
-            for name in ("ip", "ssh", "ssh-keygen", "tar")
-        }
+        super().__init__(module, ("ssh", "tar"))
 
     # -- helpers ---------------------------------------------------------------------
-    def run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
-        )
-        if check and proc.returncode != 0:
-            raise GuestLabError(
-                f"{' '.join(argv)} failed (rc={proc.returncode}): "
-                f"{proc.stderr.strip() or proc.stdout.strip()}"
-            )
-        return proc
-
     def guest_dir(self, name: str) -> Path:
         return self.dir / "hosts" / name
-
-    def load_state(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return {"hosts": {}}
-
-    def save_state(self, state: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-        tmp.replace(self.state_file)
-
-    def keygen(self, path: Path, comment: str) -> None:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.run(
-                [
-                    self.bins["ssh-keygen"],
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    comment,
-                    "-f",
-                    str(path),
-                ]
-            )
-
-    def link_exists(self, name: str) -> bool:
-        return self.run([self.bins["ip"], "link", "show", "dev", name], check=False).returncode == 0
-
-    def links(self) -> list[str]:
-        out = self.run([self.bins["ip"], "-o", "link", "show"]).stdout
-        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
 
     def ssh_argv(self, guest: Guest) -> list[str]:
         return [
@@ -278,15 +215,6 @@ class GuestLab:
             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
             "-o", "ConnectTimeout=10", f"root@{guest.address}",
         ]  # fmt: skip
-
-    @staticmethod
-    def ssh_banner(address: str, timeout: float) -> bool:
-        try:
-            with socket.create_connection((address, 22), timeout=timeout) as conn:
-                conn.settimeout(timeout)
-                return conn.recv(64).startswith(b"SSH-")
-        except OSError:
-            return False
 
     # -- QEMU processes ------------------------------------------------------------------
     def qemu_processes(self) -> dict[int, str]:
@@ -310,7 +238,7 @@ class GuestLab:
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # the overlay is thrown away: no clean shutdown
-        _wait_gone(victims)
+        wait_gone(victims)
         state["hosts"].pop(guest_name, None)
         folder = self.guest_dir(guest_name)
         for name in ("disk.qcow2", "config.tar", PIDFILE):
@@ -332,15 +260,6 @@ class GuestLab:
             for guest in lab_guests
         ]
         self.known_hosts.write_text("\n".join(lines) + "\n")
-
-    def ensure_bridge(self) -> bool:
-        ip = self.bins["ip"]
-        if self.link_exists(self.bridge):
-            return False
-        self.run([ip, "link", "add", self.bridge, "type", "bridge"])
-        self.run([ip, "addr", "add", bridge_address(self.subnet), "dev", self.bridge])
-        self.run([ip, "link", "set", self.bridge, "up"])
-        return True
 
     def ensure_tap(self, guest: Guest) -> None:
         ip = self.bins["ip"]
@@ -427,11 +346,11 @@ class GuestLab:
         boot_s: dict[str, float] = {}
         while pending and time.monotonic() < deadline:
             for name, guest in list(pending.items()):
-                if not _running(started[name]["qemu_pid"]):
+                if not process_running(started[name]["qemu_pid"]):
                     raise GuestLabError(
                         f"QEMU of guest {name} exited during the boot; {self.tails(name)}"
                     )
-                if self.ssh_banner(guest.address, timeout=1.0):
+                if ssh_banner(guest.address, timeout=1.0):
                     boot_s[name] = round(time.monotonic() - started[name]["started"], 3)
                     del pending[name]
             time.sleep(0.25)
@@ -511,7 +430,7 @@ class GuestLab:
             return False
         if running != self.guest_argv(guest, image_dir):
             return False  # memory, CPUs or the kernel command line changed: boot it again
-        return self.ssh_banner(guest.address, timeout=3.0)
+        return ssh_banner(guest.address, timeout=3.0)
 
     # -- states -------------------------------------------------------------------------------
     def present(self, image_dir: str) -> dict[str, Any]:
@@ -585,24 +504,6 @@ class GuestLab:
             "removed": names,
             "hosts": [],
         }
-
-
-def _running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (reaping it when it is our child)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_gone(pids: list[int], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while _running(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 def main() -> None:

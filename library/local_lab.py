@@ -106,17 +106,15 @@ duration_s:
 """
 
 import contextlib
-import ipaddress
-import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.lab_base import LabBase, LabError, process_running, ssh_banner, wait_gone
 from ansible.module_utils.lab_layout import (
     DEFAULT_PREFIX,
     INIT_MARKER,
@@ -124,9 +122,6 @@ from ansible.module_utils.lab_layout import (
     SHARED_MOUNT,
     SOURCE_FIRST_PID,
     LabHost,
-    bridge_address,
-    bridge_mac,
-    bridge_name,
     host_mac,
     is_lab_link,
     known_hosts_line,
@@ -147,97 +142,24 @@ while True:
 """
 
 
-class LabError(Exception):
-    pass
-
-
-class Lab:
+class Lab(LabBase):
     def __init__(self, module: AnsibleModule) -> None:
-        self.module = module
-        self.dir = Path(module.params["lab_dir"])
-        self.subnet: str = module.params["subnet"]
-        self.prefix: str = module.params["prefix"]
-        self.bridge = bridge_name(self.prefix)
-        self.state_file = self.dir / "state.json"
-        self.key = self.dir / "id_ed25519"
-        self.known_hosts = self.dir / "known_hosts"
+        super().__init__(module, ("unshare", "nsenter", "sshd", "mount"))
         self.shared = self.dir / "shared"
-        self.bins = {
-            name: module.get_bin_path(name, required=True, opt_dirs=["/usr/sbin", "/sbin"])
-            for name in ("unshare", "nsenter", "ip", "sshd", "ssh-keygen", "mount")
-        }
-
-    # -- small helpers -------------------------------------------------------------
-    def run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            close_fds=True,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise LabError(
-                f"{' '.join(argv)} failed (rc={proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
-            )
-        return proc
 
     def in_host(
         self, init_pid: int, argv: list[str], check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         return self.run([self.bins["nsenter"], "-t", str(init_pid), "-a", "--", *argv], check=check)
 
-    def load_state(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return {"hosts": {}}
-
-    def save_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-        tmp.replace(self.state_file)
-
     # -- keys ------------------------------------------------------------------------
     def ensure_keys(self, hosts: list[LabHost]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.shared.mkdir(exist_ok=True)
-        if not self.key.exists():
-            self.run(
-                [
-                    self.bins["ssh-keygen"],
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    "criu-lab",
-                    "-f",
-                    str(self.key),
-                ]
-            )
+        self.keygen(self.key, "criu-lab")
         (self.dir / "authorized_keys").write_text(Path(f"{self.key}.pub").read_text())
         for host in hosts:
-            host_dir = self.dir / "hosts" / host.name
-            host_dir.mkdir(parents=True, exist_ok=True)
-            host_key = host_dir / "ssh_host_ed25519_key"
-            if not host_key.exists():
-                self.run(
-                    [
-                        self.bins["ssh-keygen"],
-                        "-q",
-                        "-t",
-                        "ed25519",
-                        "-N",
-                        "",
-                        "-C",
-                        host.name,
-                        "-f",
-                        str(host_key),
-                    ]
-                )
+            self.keygen(self.dir / "hosts" / host.name / "ssh_host_ed25519_key", host.name)
 
     def write_known_hosts(self, hosts: list[LabHost]) -> None:
         lines = [
@@ -247,43 +169,6 @@ class Lab:
             for host in hosts
         ]
         self.known_hosts.write_text("\n".join(lines) + "\n")
-
-    # -- network ---------------------------------------------------------------------
-    def link_exists(self, name: str) -> bool:
-        return self.run([self.bins["ip"], "link", "show", "dev", name], check=False).returncode == 0
-
-    def ensure_bridge(self) -> bool:
-        if self.link_exists(self.bridge):
-            return False
-        self.refuse_subnet_in_use()
-        self.run(
-            [
-                self.bins["ip"],
-                "link",
-                "add",
-                self.bridge,
-                "address",
-                bridge_mac(self.subnet),
-                "type",
-                "bridge",
-            ]
-        )
-        self.run([self.bins["ip"], "addr", "add", bridge_address(self.subnet), "dev", self.bridge])
-        self.run([self.bins["ip"], "link", "set", self.bridge, "up"])
-        return True
-
-    def refuse_subnet_in_use(self) -> None:
-        """The lab's /24 must exist only on its bridge: refuse one another link has."""
-        network = ipaddress.ip_network(self.subnet)
-        out = self.run([self.bins["ip"], "-o", "-4", "addr", "show"]).stdout
-        for line in out.splitlines():
-            fields = line.split()
-            link, address = fields[1], fields[3]
-            if ipaddress.ip_interface(address).network.overlaps(network) and link != self.bridge:
-                raise LabError(
-                    f"subnet {self.subnet} is already in use on {link} ({address}); "
-                    "choose another lab_subnet"
-                )
 
     # -- processes -------------------------------------------------------------------
     def stray_inits(self) -> dict[int, str]:
@@ -318,25 +203,7 @@ class Lab:
             return False
         if not self.link_exists(host.link):
             return False
-        return self.ssh_banner(host.address, timeout=2.0)
-
-    @staticmethod
-    def ssh_banner(address: str, timeout: float) -> bool:
-        try:
-            with socket.create_connection((address, 22), timeout=timeout) as conn:
-                conn.settimeout(timeout)
-                return conn.recv(64).startswith(b"SSH-")
-        except OSError:
-            return False
-
-    @staticmethod
-    def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        for pid in pids:
-            while _running(pid) and time.monotonic() < deadline:
-                with contextlib.suppress(ChildProcessError):  # reap it if it is our child
-                    os.waitpid(pid, os.WNOHANG)
-                time.sleep(0.02)
+        return ssh_banner(host.address, timeout=2.0)
 
     def destroy_host(self, name: str, index: int | None, state: dict[str, Any]) -> None:
         victims = [pid for pid, host in self.stray_inits().items() if host == name]
@@ -344,13 +211,13 @@ class Lab:
         for pid in victims:
             # A pid namespace's init ignores SIGTERM; SIGKILL ends every process inside.
             os.kill(pid, signal.SIGKILL)
-        self.wait_gone(victims)
+        wait_gone(victims)
         for key in ("unshare_pid", "sshd_launcher_pid"):
             pid = info.get(key)
-            if pid and _running(int(pid)):
+            if pid and process_running(int(pid)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
-                self.wait_gone([int(pid)])
+                wait_gone([int(pid)])
         if index is not None and self.link_exists(f"{self.prefix}{index}"):
             self.run([self.bins["ip"], "link", "del", f"{self.prefix}{index}"], check=False)
 
@@ -457,7 +324,7 @@ class Lab:
             )  # fmt: skip
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if self.ssh_banner(host.address, timeout=0.5):
+            if ssh_banner(host.address, timeout=0.5):
                 return launcher.pid
             if launcher.poll() is not None:
                 break
@@ -509,10 +376,7 @@ class Lab:
         names = sorted(set(state["hosts"]) | set(self.stray_inits().values()))
         for name in names:
             self.destroy_host(name, state["hosts"].get(name, {}).get("index"), state)
-        links = [
-            line.split(":")[1].strip().split("@")[0]
-            for line in self.run([self.bins["ip"], "-o", "link", "show"]).stdout.splitlines()
-        ]
+        links = self.links()
         # the hosts' veths (gone with their namespaces, unless something kept one) and the bridge
         leftover_links = [link for link in links if is_lab_link(link, self.prefix)]
         leftover_links += [link for link in links if link == self.bridge]
@@ -526,15 +390,6 @@ class Lab:
             "removed": names,
             "hosts": [],
         }
-
-
-def _running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def main() -> None:

@@ -18,17 +18,28 @@ def _alias_module_utils() -> None:
     """Make `ansible.module_utils.<name>` resolve to the repo's module_utils/<name>.py.
 
     Ansible does this when it bundles a module for a node; the alias lets unit tests import
-    library/*.py directly.
+    library/*.py directly. Modules that import each other through `ansible.module_utils`
+    need their dependencies aliased first, so failed imports are retried until every file
+    is in.
     """
     import ansible.module_utils as ansible_module_utils
 
-    for source in sorted((REPO / "module_utils").glob("*.py")):
-        name = source.stem
-        if name.startswith("_"):
-            continue
-        module = importlib.import_module(name)
-        sys.modules[f"ansible.module_utils.{name}"] = module
-        setattr(ansible_module_utils, name, module)
+    pending = [
+        p.stem for p in sorted((REPO / "module_utils").glob("*.py")) if not p.stem.startswith("_")
+    ]
+    while pending:
+        failed: list[str] = []
+        for name in pending:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                failed.append(name)
+                continue
+            sys.modules[f"ansible.module_utils.{name}"] = module
+            setattr(ansible_module_utils, name, module)
+        if len(failed) == len(pending):
+            importlib.import_module(failed[0])  # raise the real error
+        pending = failed
 
 
 _alias_module_utils()

@@ -81,8 +81,15 @@ def test_memory_migration_end_to_end(lab: Path, tmp_path: Path) -> None:
     assert metrics["deadlines"]["gcp_30s"]["slack_s"] == pytest.approx(
         30 - metrics["migration_s"], abs=1e-3
     )
-    assert metrics["app_downtime_s"] > 0
-    assert metrics["app_downtime"]["strace_s"] > 0
+    # The two app-perceived measures agree with the phase timings (one clock in the lab):
+    # the workload's last line precedes the end of the dump and its first line on the
+    # destination follows the restore; strace's window closes before the dump and opens
+    # after the restore, so it bounds the downtime from above.
+    assert metrics["app_downtime_s"] >= metrics["downtime_s"] - dump["duration_s"]
+    assert metrics["app_downtime"]["strace_s"] >= metrics["downtime_s"]
+    assert metrics["clock_offsets"]["destination_minus_source_s"] == pytest.approx(
+        0, abs=metrics["clock_offsets"]["uncertainty_s"]
+    )
 
     verification = metrics["verification"]
     assert verification["restored_running"] is True

@@ -174,15 +174,20 @@ def test_efs_migration_restores_from_the_shared_directory(lab: Path, tmp_path: P
             transfer["send"]["duration_s"] + transfer["receive"]["duration_s"], abs=1e-5
         )
         assert transfer["verify"].startswith("not applicable: transfer=efs")
-        # the restore read the images where the dump put them (its stats-restore is there)
-        shared_images = LAB_SHARED / images.removeprefix("/mnt/criu-shared/")
-        assert (shared_images / "stats-restore").exists()
-        assert (shared_images / "stats-dump").exists()
-        assert not (run.only_results_dir() / "dest" / "1").exists()
+        # the restore read the images where the dump put them: its stats-restore is beside
+        # the dump's stats-dump on the share, collected from there into the results
+        results = run.only_results_dir()
+        assert (results / "dest" / "1" / "stats-restore").exists()
+        assert (results / "source" / "1" / "stats-dump").exists()
+        assert not list((results / "dest" / "1").glob("pages-*.img"))  # keep_images=false
         assert metrics["phases"]["restore"]["stats"]["pages_restored"] > 0
+        # after a successful run the images leave the share too (keep_images=false)
+        assert not (LAB_SHARED / images.removeprefix("/mnt/criu-shared/")).exists()
     finally:
         if experiment_id:
-            shutil.rmtree(LAB_SHARED / "criu-migration" / "images" / experiment_id)
+            shutil.rmtree(
+                LAB_SHARED / "criu-migration" / "images" / experiment_id, ignore_errors=True
+            )
 
 
 def test_corrupted_image_is_caught_before_the_restore(lab: Path, tmp_path: Path) -> None:
