@@ -146,3 +146,18 @@ def under_private_mount(path: str) -> str | None:
         if path == mount_point or path.startswith(mount_point.rstrip("/") + "/"):
             return mount_point
     return None
+
+
+def lab_state_dir(repo: str) -> str:
+    """Where a checkout's lab keeps its state (keys, known_hosts, shared dir).
+
+    `<repo>/.lab`, unless the checkout lies under a folder every lab host mounts privately
+    (a clone in /tmp or /root): the hosts could not see the lab's files there, so the state
+    goes to /var/lib/criu-lab/<checkout hash> and `<repo>/.lab` links to it.
+    """
+    import hashlib
+
+    repo = repo.rstrip("/")
+    if under_private_mount(f"{repo}/.lab") is None:
+        return f"{repo}/.lab"
+    return f"/var/lib/criu-lab/{hashlib.sha1(repo.encode()).hexdigest()[:12]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lab_layout
 import pytest
 from lab_layout import (
     DEFAULT_SUBNET,
@@ -181,3 +182,24 @@ def test_known_hosts_line_without_comment() -> None:
     assert (
         known_hosts_line(host, "ssh-ed25519 AAAAkey\n") == "10.77.0.11,source ssh-ed25519 AAAAkey"
     )
+
+
+@pytest.mark.parametrize(
+    ("repo", "expected_prefix"),
+    [
+        ("/work/main", "/work/main/.lab"),
+        ("/srv/criu-suite/", "/srv/criu-suite/.lab"),
+        ("/tmp/fresh", "/var/lib/criu-lab/"),  # the hosts mount /tmp privately
+        ("/root/criu-suite", "/var/lib/criu-lab/"),  # ... and /root
+    ],
+)
+def test_lab_state_dir_avoids_folders_the_hosts_mount_privately(
+    repo: str, expected_prefix: str
+) -> None:
+    state_dir = lab_layout.lab_state_dir(repo)
+    assert state_dir.startswith(expected_prefix)
+    assert lab_layout.under_private_mount(state_dir) is None
+
+
+def test_lab_state_dir_differs_per_checkout() -> None:
+    assert lab_layout.lab_state_dir("/tmp/a") != lab_layout.lab_state_dir("/tmp/b")
