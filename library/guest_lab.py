@@ -492,12 +492,7 @@ class GuestLab(LabBase):
         state = self.load_state()
         names = sorted(set(state["hosts"]) | set(self.qemu_processes().values()))
         stopped = [name for name in names if self.stop_guest(name, state)]
-        leftover = [link for link in self.links() if is_guest_link(link, self.prefix)]
-        # taps first, the bridge last
-        for link in sorted(leftover, key=lambda name: name == self.bridge):
-            self.run([self.bins["ip"], "link", "del", link], check=False)
-        self.state_file.unlink(missing_ok=True)
-        self.known_hosts.unlink(missing_ok=True)
+        leftover = self.remove_network_and_state(lambda link: is_guest_link(link, self.prefix))
         return {
             "changed": bool(stopped or leftover),
             "created": [],

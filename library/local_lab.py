@@ -376,14 +376,8 @@ class Lab(LabBase):
         names = sorted(set(state["hosts"]) | set(self.stray_inits().values()))
         for name in names:
             self.destroy_host(name, state["hosts"].get(name, {}).get("index"), state)
-        links = self.links()
-        # the hosts' veths (gone with their namespaces, unless something kept one) and the bridge
-        leftover_links = [link for link in links if is_lab_link(link, self.prefix)]
-        leftover_links += [link for link in links if link == self.bridge]
-        for link in leftover_links:
-            self.run([self.bins["ip"], "link", "del", link], check=False)
-        self.state_file.unlink(missing_ok=True)
-        self.known_hosts.unlink(missing_ok=True)
+        # the hosts' veths (gone with their namespaces, unless something kept one), the bridge
+        leftover_links = self.remove_network_and_state(lambda link: is_lab_link(link, self.prefix))
         return {
             "changed": bool(names or leftover_links),
             "created": [],

@@ -151,3 +151,12 @@ class LabBase:
         self.run([ip, "addr", "add", bridge_address(self.subnet), "dev", self.bridge])
         self.run([ip, "link", "set", self.bridge, "up"])
         return True
+
+    def remove_network_and_state(self, is_ours: Any) -> list[str]:
+        """Delete this lab's links (`is_ours(name)`, and the bridge, last) and its state files."""
+        leftover = [link for link in self.links() if is_ours(link) or link == self.bridge]
+        for link in sorted(leftover, key=lambda name: name == self.bridge):
+            self.run([self.bins["ip"], "link", "del", link], check=False)
+        self.state_file.unlink(missing_ok=True)
+        self.known_hosts.unlink(missing_ok=True)
+        return leftover

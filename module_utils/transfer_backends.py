@@ -180,6 +180,19 @@ def ssh_command(request: TransferRequest) -> list[str]:
     return argv
 
 
+# How images and working directories are copied, over SSH or locally: keep absolute paths
+# (--relative), no delta search (--whole-file), holes stay holes (--sparse), and report
+# what was sent (--stats).
+RSYNC_IMAGE_FLAGS = (
+    "--archive",
+    "--relative",
+    "--whole-file",
+    "--sparse",
+    "--numeric-ids",
+    "--stats",
+)
+
+
 def rsync_argv(request: TransferRequest, rsync: str = "rsync", bwlimit_kib: int = 0) -> list[str]:
     """rsync of `paths` to the same absolute paths on the destination, over SSH.
 
@@ -193,17 +206,7 @@ def rsync_argv(request: TransferRequest, rsync: str = "rsync", bwlimit_kib: int 
     if not request.destination:
         raise ValueError("rsync needs the destination's address")
     check_paths(request.paths)
-    argv = [
-        rsync,
-        "--archive",
-        "--relative",
-        "--whole-file",
-        "--sparse",
-        "--numeric-ids",
-        "--stats",
-        "--rsh",
-        " ".join(ssh_command(request)),
-    ]
+    argv = [rsync, *RSYNC_IMAGE_FLAGS, "--rsh", " ".join(ssh_command(request))]
     if bwlimit_kib:
         argv.append(f"--bwlimit={bwlimit_kib}")
     if request.user != "root":
@@ -215,17 +218,7 @@ def rsync_argv(request: TransferRequest, rsync: str = "rsync", bwlimit_kib: int 
 def local_rsync_argv(sources: Sequence[str], dest: str, rsync: str = "rsync") -> list[str]:
     """rsync between two local folders (efs staging), keeping the sources' absolute paths
     under `dest` (--relative; a `/./` in a source marks where the kept part starts)."""
-    return [
-        rsync,
-        "--archive",
-        "--relative",
-        "--whole-file",
-        "--sparse",
-        "--numeric-ids",
-        "--stats",
-        *sources,
-        dest,
-    ]
+    return [rsync, *RSYNC_IMAGE_FLAGS, *sources, dest]
 
 
 _STAT_PATTERNS = {
