@@ -115,6 +115,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.artifact_checks import (
+    PROBE_TIMEOUT_S,
     ArtifactCheck,
     ArtifactSpecError,
     ProbeResult,
@@ -169,7 +170,9 @@ class ArtifactVerifier:
     def probe(self, ffprobe: str, name: str, end: int | None) -> ProbeResult:
         path = os.path.join(self.working_dir, name)
         size = end if end is not None else os.path.getsize(path)
-        rc, out, err = self.module.run_command(ffprobe_argv(ffprobe, path, end))
+        # a file that makes ffprobe hang fails its check instead of hanging the verification
+        argv = ["timeout", str(PROBE_TIMEOUT_S), *ffprobe_argv(ffprobe, path, end)]
+        rc, out, err = self.module.run_command(argv)
         ok, frames, detail = ffprobe_verdict(rc, out, err)
         return ProbeResult(name, ok, frames, size, detail)
 

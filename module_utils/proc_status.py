@@ -36,16 +36,6 @@ TCP_STATES = {
 }
 UNIX_TYPES = {"0001": "stream", "0002": "dgram", "0005": "seqpacket"}
 UNIX_STATES = {"01": "UNCONNECTED", "02": "CONNECTING", "03": "CONNECTED", "04": "DISCONNECTING"}
-PROCESS_STATES = {
-    "R": "running",
-    "S": "sleeping",
-    "D": "disk sleep",
-    "T": "stopped",
-    "t": "tracing stop",
-    "Z": "zombie",
-    "X": "dead",
-    "I": "idle",
-}
 
 
 # --------------------------------------------------------------------------- records
