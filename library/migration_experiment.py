@@ -178,7 +178,7 @@ def main() -> None:
             "script": params["script"],
         },
         "strategy": {
-            "mode": settings.get("strategy"),
+            "mode": settings.get("checkpoint_strategy"),
             "lazy_pages": settings.get("lazy_pages", False),
             "page_server": settings.get("page_server", False),
             "predump_iterations": settings.get("predump_iterations"),

@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 module: predump_loop
 short_description: Run CRIU pre-dumps while the workload runs, send each one, stop by rule
 description:
-  - The pre-dump phase of C(strategy=predump), on the source. Iteration I(n) runs
+  - The pre-dump phase of C(checkpoint_strategy=predump), on the source. Iteration I(n) runs
     C(criu pre-dump --track-mem) into I(images_base)/I(n) (from the second on with
     C(--prev-images-dir ../<n-1>), so only pages dirtied since the previous one are written),
     sends that folder to the same path on the destination with a backend of
@@ -114,7 +114,7 @@ attributes:
     details: Pre-dumps are never idempotent; the module always runs them.
 notes:
   - Needs soft-dirty memory tracking on the host (C(criu check --feature mem_dirty_track);
-    C(CONFIG_MEM_SOFT_DIRTY)) - the preflight refuses C(strategy=predump) elsewhere.
+    C(CONFIG_MEM_SOFT_DIRTY)) - the preflight refuses C(checkpoint_strategy=predump) elsewhere.
   - Reports C(changed=true).
 seealso:
   - module: criu

@@ -39,7 +39,7 @@ SETTINGS: dict[str, Param] = {
     spec.name: spec
     for spec in (
         Param("experiment_name", "str", "default-experiment", pattern=r"[A-Za-z0-9._-]+"),
-        Param("strategy", "str", "predump", choices=STRATEGIES),
+        Param("checkpoint_strategy", "str", "predump", choices=STRATEGIES),
         Param("predump_iterations", "int", 8, min=1, max=1000),
         Param("predump_interval", "float", 10.0, min=0.0, unit="s"),
         Param("predump_mode", "str", "fixed", choices=PREDUMP_MODES),
@@ -285,12 +285,12 @@ def gating_errors(
     kernel = str(facts.get("kernel", "unknown"))
     if not facts.get("usable"):
         errors.append(f"CRIU on {host} does not pass `criu check`: {facts.get('check_summary')}")
-    if role == "source" and settings.get("strategy") == "predump" and not facts.get("soft_dirty"):
+    if role == "source" and settings.get("checkpoint_strategy") == "predump" and not facts.get("soft_dirty"):
         errors.append(
             _feature_error(
-                host, kernel, "strategy=predump",
+                host, kernel, "checkpoint_strategy=predump",
                 "soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY; criu check --feature mem_dirty_track)",
-                "use strategy=full, or the soft-dirty guest lab",
+                "use checkpoint_strategy=full, or the soft-dirty guest lab",
             )
         )  # fmt: skip
     lazy = bool(settings.get("lazy_pages"))

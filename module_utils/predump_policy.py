@@ -1,4 +1,4 @@
-"""When to stop pre-dumping and take the final dump: the stop rule of `strategy=predump`.
+"""When to stop pre-dumping and take the final dump: the stop rule of `checkpoint_strategy=predump`.
 
 A pure function over the figures of the pre-dumps done so far (CRIU's own `stats-dump` of
 each iteration and the time its pre-dump and transfer took), called by

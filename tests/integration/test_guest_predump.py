@@ -1,4 +1,4 @@
-"""strategy=predump for real: migrate.yml between the two QEMU guests of the soft-dirty lab.
+"""checkpoint_strategy=predump for real: migrate.yml between the two QEMU guests of the soft-dirty lab.
 
 This machine's kernel has no soft-dirty tracking, so `criu pre-dump` runs in two QEMU
 guests booted from Debian 12's stock kernel (`make lab-up LAB_FLAVOUR=guest`). The
@@ -131,7 +131,7 @@ def test_guests_run_a_soft_dirty_kernel_and_the_suites_criu(guest_lab: Path) -> 
 
 def test_fixed_predump_migration_between_the_guests(guest_lab: Path, tmp_path: Path) -> None:
     metrics = migrate(
-        tmp_path, guest_lab, strategy="predump", predump_iterations=3, predump_interval=1
+        tmp_path, guest_lab, checkpoint_strategy="predump", predump_iterations=3, predump_interval=1
     )
     assert_restored_and_continuous(metrics)
     assert metrics["strategy"]["mode"] == "predump"
@@ -178,7 +178,7 @@ def test_adaptive_predump_stops_when_memory_is_in_sync(guest_lab: Path, tmp_path
     metrics = migrate(
         tmp_path,
         guest_lab,
-        strategy="predump",
+        checkpoint_strategy="predump",
         predump_mode="adaptive",
         predump_iterations=6,
         predump_interval=1,

@@ -111,7 +111,7 @@ def test_env_inventory_builds_the_two_hosts(tmp_path):
         assert hostvars["ansible_become"] is True
         assert hostvars["ansible_ssh_private_key_file"] == "~/.ssh/id_ed25519"
         assert hostvars["ansible_python_interpreter"] == "/usr/bin/python3"
-        assert hostvars["strategy"] == "predump"
+        assert hostvars["checkpoint_strategy"] == "predump"
 
 
 def test_env_inventory_takes_the_login_from_the_environment(tmp_path):

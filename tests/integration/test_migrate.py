@@ -223,7 +223,7 @@ def test_restore_failure_rolls_back_to_source(lab: Path, tmp_path: Path) -> None
     ("extravars", "expected"),
     [
         ({"workload": "nope"}, ["workload='nope' is unknown", "memory", "redis", "video"]),
-        ({"strategy": "lazy"}, ["strategy='lazy' is not one of: predump, full"]),
+        ({"checkpoint_strategy": "lazy"}, ["checkpoint_strategy='lazy' is not one of: predump, full"]),
         ({"transfer": "ftp"}, ["transfer='ftp' is not one of: rsync, efs, s3, ebs"]),
         ({"mb_size": 0}, ["mb_size=0 MB is below the minimum 1 MB"]),
         ({"mb_size": "lots"}, ["mb_size='lots' is not an integer"]),
@@ -243,9 +243,9 @@ def test_bad_input_is_refused_before_any_host(
 
 
 def test_predump_is_refused_on_a_kernel_without_soft_dirty(lab: Path, tmp_path: Path) -> None:
-    run = run_playbook(tmp_path, "migrate.yml", {**SMALL_MEMORY, "strategy": "predump"})
+    run = run_playbook(tmp_path, "migrate.yml", {**SMALL_MEMORY, "checkpoint_strategy": "predump"})
     assert run.rc != 0
-    assert "strategy=predump needs soft-dirty memory tracking" in run.stdout
+    assert "checkpoint_strategy=predump needs soft-dirty memory tracking" in run.stdout
     assert "mem_dirty_track" in run.stdout
     metrics = json.loads((run.only_results_dir() / "metrics.json").read_text())
     assert metrics["failure"]["phase"] == "node_checks"

@@ -217,7 +217,7 @@ def test_network_post_copy_on_the_soft_dirty_guests(tmp_path: Path) -> None:
         "migrate.yml",
         {
             "workload": "memory",
-            "strategy": "full",
+            "checkpoint_strategy": "full",
             "mb_size": 8,
             "interval": 0.5,
             "max_memory": 32,

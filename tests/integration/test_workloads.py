@@ -153,7 +153,7 @@ TABLE: list[str] = []
 def evidence_table() -> Iterator[None]:
     yield
     if TABLE:
-        print("\n\nper workload, one lab run each (strategy=full, rsync):")
+        print("\n\nper workload, one lab run each (checkpoint_strategy=full, rsync):")
         print("\n".join(TABLE))
 
 

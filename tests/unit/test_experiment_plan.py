@@ -84,7 +84,7 @@ def test_seed_defaults_plan() -> None:
     expected = {
         "workload": "memory",
         "experiment_name": "default-experiment",
-        "strategy": "predump",
+        "checkpoint_strategy": "predump",
         "predump_iterations": 8,
         "predump_interval": 10.0,
         "lazy_pages": False,
@@ -113,7 +113,7 @@ def test_extra_vars_strings_are_typed() -> None:
     result = plan(
         {
             "workload": "memory",
-            "strategy": "full",
+            "checkpoint_strategy": "full",
             "keep_images": "true",
             "save_metrics": "no",
             "predump_iterations": "3",
@@ -126,7 +126,7 @@ def test_extra_vars_strings_are_typed() -> None:
     )
     assert result["errors"] == []
     settings = result["settings"]
-    assert settings["strategy"] == "full"
+    assert settings["checkpoint_strategy"] == "full"
     assert settings["keep_images"] is True
     assert settings["save_metrics"] is False
     assert settings["predump_iterations"] == 3
@@ -139,9 +139,9 @@ def test_extra_vars_strings_are_typed() -> None:
 
 
 def test_empty_and_none_values_fall_back_to_the_defaults() -> None:
-    result = plan({"strategy": "", "predump_iterations": None})
+    result = plan({"checkpoint_strategy": "", "predump_iterations": None})
     assert result["errors"] == []
-    assert result["settings"]["strategy"] == "predump"
+    assert result["settings"]["checkpoint_strategy"] == "predump"
     assert result["settings"]["predump_iterations"] == 8
 
 
@@ -164,7 +164,7 @@ def test_unknown_workload_names_the_valid_ones() -> None:
 
 
 def test_unknown_strategy() -> None:
-    assert errors_of({"strategy": "live"}) == ["strategy='live' is not one of: predump, full"]
+    assert errors_of({"checkpoint_strategy": "live"}) == ["checkpoint_strategy='live' is not one of: predump, full"]
 
 
 def test_unknown_transfer() -> None:
@@ -294,9 +294,9 @@ def test_bad_workload_input_is_refused(variables: dict[str, Any], message: str) 
 
 
 def test_every_bad_value_is_reported_at_once() -> None:
-    errors = errors_of({"strategy": "x", "mb_size": 0, "predump_iterations": 0})
+    errors = errors_of({"checkpoint_strategy": "x", "mb_size": 0, "predump_iterations": 0})
     assert errors == [
-        "strategy='x' is not one of: predump, full",
+        "checkpoint_strategy='x' is not one of: predump, full",
         "predump_iterations=0 is below the minimum 1",
         "workload memory: mb_size=0 MB is below the minimum 1 MB",
     ]
@@ -466,14 +466,14 @@ class HostVars(dict):
 
 def test_migration_plan_filter_reads_the_first_source_hosts_variables() -> None:
     hostvars = HostVars(
-        source={"ansible_host": "10.77.0.11", "workload": "redis", "strategy": "full"},
+        source={"ansible_host": "10.77.0.11", "workload": "redis", "checkpoint_strategy": "full"},
         destination={"ansible_host": "10.77.0.12"},
         localhost={"workload": "nope"},
     )
     result = migration_plan(LAB_GROUPS, hostvars, WORKLOADS)
     assert result["ok"] is True
     assert result["settings"]["workload"] == "redis"
-    assert result["settings"]["strategy"] == "full"
+    assert result["settings"]["checkpoint_strategy"] == "full"
     assert result["workload_params"] == {"redis_port": 6379, "num_keys": 100000, "value_size": 1024}
     assert result["pairs"][0]["destination_address"] == "10.77.0.12"
 
@@ -497,15 +497,15 @@ def test_migration_plan_filter_peer_missing_from_hostvars() -> None:
 # -- gating on the nodes' facts ------------------------------------------------------------
 
 MEMORY = {"name": "memory", "criu": {"tcp_established": False}}
-PREDUMP = {"strategy": "predump", "lazy_pages": False}
-FULL = {"strategy": "full", "lazy_pages": False}
+PREDUMP = {"checkpoint_strategy": "predump", "lazy_pages": False}
+FULL = {"checkpoint_strategy": "full", "lazy_pages": False}
 
 
 def test_predump_without_soft_dirty_names_feature_host_and_kernel() -> None:
     assert gating_errors(LAB_FACTS, "source", "source", PREDUMP, MEMORY) == [
-        "strategy=predump needs soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY; criu check "
+        "checkpoint_strategy=predump needs soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY; criu check "
         "--feature mem_dirty_track), which source (kernel 6.18.44-fc-v595) lacks; use "
-        "strategy=full, or the soft-dirty guest lab"
+        "checkpoint_strategy=full, or the soft-dirty guest lab"
     ]
 
 
@@ -521,7 +521,7 @@ def test_full_strategy_on_the_lab_passes() -> None:
 
 def test_lazy_pages_without_uffd_noncoop() -> None:
     facts = {**LAB_FACTS, "lazy_pages": False, "kernel": "5.4.0-1-amd64"}
-    settings = {"strategy": "full", "lazy_pages": True}
+    settings = {"checkpoint_strategy": "full", "lazy_pages": True}
     assert gating_errors(facts, "destination-2", "destination", settings, MEMORY) == [
         "lazy_pages=true needs userfaultfd with non-cooperative events (criu check --feature "
         "uffd-noncoop), which destination-2 (kernel 5.4.0-1-amd64) lacks; set lazy_pages=false"
@@ -558,15 +558,15 @@ def test_unusable_criu_and_missing_features_all_reported() -> None:
         "CRIU on source does not pass `criu check`: "
         "Error (criu/vdso.c:374): vdso: Unexpected rt vDSO area bounds"
     )
-    assert errors[1].startswith("strategy=predump needs soft-dirty")
+    assert errors[1].startswith("checkpoint_strategy=predump needs soft-dirty")
     assert errors[2].startswith("workload redis (established TCP connections)")
 
 
 def test_gating_without_a_kernel_fact() -> None:
     errors = gating_errors({"usable": True}, "h", "source", PREDUMP, MEMORY)
     assert errors == [
-        "strategy=predump needs soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY; criu check "
-        "--feature mem_dirty_track), which h (kernel unknown) lacks; use strategy=full, or the "
+        "checkpoint_strategy=predump needs soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY; criu check "
+        "--feature mem_dirty_track), which h (kernel unknown) lacks; use checkpoint_strategy=full, or the "
         "soft-dirty guest lab"
     ]
 

@@ -49,7 +49,7 @@ def lab_facts(**overrides: Any) -> dict[str, Any]:
 
 def settings(**overrides: Any) -> dict[str, Any]:
     return {
-        "strategy": "full",
+        "checkpoint_strategy": "full",
         "lazy_pages": False,
         "lazy_pages_mode": "images",
         "lazy_pages_port": 27001,
@@ -102,22 +102,22 @@ def test_page_server_and_lazy_pages_are_no_longer_refused_as_not_landed() -> Non
     assert plan.errors == []
 
 
-# -- soft-dirty: strategy=predump --------------------------------------------------------------
+# -- soft-dirty: checkpoint_strategy=predump --------------------------------------------------------------
 
 
 def test_predump_needs_soft_dirty_on_the_source() -> None:
-    assert gating_errors(lab_facts(), "source", "source", settings(strategy="predump"), MEMORY) == [
-        "strategy=predump needs soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY; criu check "
-        f"--feature mem_dirty_track), which source (kernel {KERNEL}) lacks; use strategy=full, "
+    assert gating_errors(lab_facts(), "source", "source", settings(checkpoint_strategy="predump"), MEMORY) == [
+        "checkpoint_strategy=predump needs soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY; criu check "
+        f"--feature mem_dirty_track), which source (kernel {KERNEL}) lacks; use checkpoint_strategy=full, "
         "or the soft-dirty guest lab"
     ]
 
 
 def test_predump_passes_with_soft_dirty_and_never_gates_the_destination() -> None:
     guest = lab_facts(soft_dirty=True, kernel="6.1.0-56-amd64")
-    assert gating_errors(guest, "guest-a", "source", settings(strategy="predump"), MEMORY) == []
+    assert gating_errors(guest, "guest-a", "source", settings(checkpoint_strategy="predump"), MEMORY) == []
     assert (
-        gating_errors(lab_facts(), "d", "destination", settings(strategy="predump"), MEMORY) == []
+        gating_errors(lab_facts(), "d", "destination", settings(checkpoint_strategy="predump"), MEMORY) == []
     )
 
 
@@ -255,13 +255,13 @@ def test_an_unusable_criu_and_every_missing_feature_are_all_named() -> None:
         "lazy_pages_network_side": "setup",
         "lazy_pages_network_reason": "unshare (util-linux) is not installed",
     }
-    everything = settings(strategy="predump", lazy_pages=True, lazy_pages_mode="network")
+    everything = settings(checkpoint_strategy="predump", lazy_pages=True, lazy_pages_mode="network")
     source = gating_errors(facts, "s", "source", everything, REDIS)
     destination = gating_errors(facts, "d", "destination", everything, REDIS)
     assert [e.split(" needs ")[0] for e in source] == [
         "CRIU on s does not pass `criu check`: Error (criu/vdso.c:374): vdso: Unexpected rt vDSO "
         "area bounds",
-        "strategy=predump",
+        "checkpoint_strategy=predump",
         "lazy_pages_mode=network",
         "workload redis (established TCP connections)",
     ]
