@@ -13,8 +13,9 @@ description:
   - Collects what modules return under C(migration_metrics) (CRIU's own figures, transfer
     sizes, verification) and the experiment announced by the C(migration_experiment)
     module, keeps a journal of where the workload is, and at the end writes one
-    C(metrics.json) per pair, gives failed runs' folders their C(_failed) /
-    C(_exception) suffix and prints the summary.
+    C(metrics.json) per pair (none with the setting C(save_metrics=false) - the summary
+    says so), gives failed runs' folders their C(_failed) / C(_exception) suffix and
+    prints the summary.
   - The only writer of C(metrics.json). Does nothing in runs without an experiment.
 requirements:
   - enabled in ansible.cfg (callbacks_enabled = migration_metrics)
@@ -236,10 +237,19 @@ class CallbackModule(CallbackBase):
                     "msg": str(result.result.get("msg", "host unreachable"))[:2000],
                 }
 
+    def _save_metrics(self) -> bool:
+        """The experiment's save_metrics setting (validated by the preflight; default true)."""
+        settings = (self.experiment or {}).get("settings") or {}
+        value = settings.get("save_metrics", True)
+        if isinstance(value, str):  # the preflight hands a bool; a string is read as Ansible does
+            return value.strip().lower() not in ("false", "no", "off", "n", "f", "0")
+        return bool(value)
+
     def v2_playbook_on_stats(self, stats: Any) -> None:
         if self.experiment is None:
             return
         finished_at = time.time()
+        save = self._save_metrics()
         for source, pair in self.pairs.items():
             results_dir = Path(pair.results_dir)
             if pair.status != "ok" and results_dir.exists():
@@ -249,10 +259,11 @@ class CallbackModule(CallbackBase):
             metrics = build_metrics(self.experiment, pair, self.started_at, finished_at)
             path = Path(pair.results_dir) / "metrics.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(metrics, indent=2, sort_keys=False, default=str))
-            tmp.replace(path)
+            if save:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(metrics, indent=2, sort_keys=False, default=str))
+                tmp.replace(path)
             journal = self.journals[source]
             journal["status"] = pair.status
             self._write_journal(source, f"experiment {pair.status}", "localhost")
-            self._display.display(summary_text(metrics))
+            self._display.display(summary_text(metrics, metrics_written=save))

@@ -18,6 +18,7 @@ from criu_cli import (
     parse_debian_version,
     version_at_least,
 )
+from transfer_backends import request_from_options, ssh_command
 
 
 def criu_version_at_least(version: str | None, minimum: str) -> bool:
@@ -95,29 +96,27 @@ def criu_facts_from_probe(
     }
 
 
-def criu_pages_pull_argv(
-    images_dir: str,
-    peer_address: str,
-    peer_user: str = "root",
-    ssh_key: str | None = None,
-    known_hosts: str | None = None,
-) -> list[str]:
+def criu_pages_pull_argv(images_dir: str, link: dict[str, Any]) -> list[str]:
     """rsync argv, run on the source, that fetches the pages a page server received on the
     destination back into the same images folder (the rollback restores from it).
 
-    Same SSH trust as the transfer (source -> destination), pulling instead of pushing.
+    `link`: the pair's transfer options (migration_pair.transfer) - the same SSH trust as
+    the transfer (source -> destination), pulling instead of pushing.
     """
+    request = request_from_options(link, [images_dir])
     if not str(images_dir).startswith("/") or any(ch.isspace() for ch in str(images_dir)):
         raise ValueError(f"images_dir {images_dir!r} must be absolute and without spaces")
-    ssh = ["ssh", "-o", "BatchMode=yes"]
-    if ssh_key:
-        ssh += ["-i", str(ssh_key), "-o", "IdentitiesOnly=yes"]
-    if known_hosts:
-        ssh += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-    argv = ["rsync", "--archive", "--whole-file", "--sparse", "--rsh", " ".join(ssh)]
-    if peer_user != "root":
+    argv = [
+        "rsync",
+        "--archive",
+        "--whole-file",
+        "--sparse",
+        "--rsh",
+        " ".join(ssh_command(request)),
+    ]
+    if request.user != "root":
         argv += ["--rsync-path", "sudo rsync"]
-    remote = f"{peer_user}@{peer_address}:{images_dir.rstrip('/')}"
+    remote = f"{request.user}@{request.destination}:{images_dir.rstrip('/')}"
     return [*argv, f"{remote}/pagemap-*.img", f"{remote}/pages-*.img", f"{images_dir.rstrip('/')}/"]
 
 

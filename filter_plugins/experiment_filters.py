@@ -9,14 +9,27 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "module_utils"))
 
-from experiment_plan import gating_errors, plan_experiment, required_ports
+from experiment_plan import (
+    DEFAULTS_FILE,
+    gating_errors,
+    load_setting_defaults,
+    plan_experiment,
+    required_ports,
+)
+from transfer_backends import tools_for
 from workload_registry import load_registry
 
 
 def migration_plan(
-    groups: Mapping[str, list[str]], hostvars: Any, registry_dir: str
+    groups: Mapping[str, list[str]],
+    hostvars: Any,
+    registry_dir: str,
+    defaults_file: str = str(DEFAULTS_FILE),
 ) -> dict[str, Any]:
-    """Validate the experiment (read from the first source host's variables) and its pairs."""
+    """Validate the experiment (read from the first source host's variables) and its pairs.
+
+    `defaults_file`: group_vars/all.yml, whose defaults stand in for empty values.
+    """
 
     def host_var(host: str, name: str) -> Any:
         try:
@@ -27,7 +40,8 @@ def migration_plan(
     sources = list(groups.get("source") or [])
     variables: Mapping[str, Any] = hostvars[sources[0]] if sources else hostvars["localhost"]
     registry = load_registry(registry_dir)
-    return plan_experiment(variables, registry, groups, host_var).as_dict()
+    defaults = load_setting_defaults(defaults_file)
+    return plan_experiment(variables, registry, groups, host_var, defaults).as_dict()
 
 
 def migration_gating(
@@ -44,6 +58,11 @@ def migration_ports(
     return required_ports(workload, role, settings, params)
 
 
+def migration_transfer_tools(settings: dict[str, Any], side: str) -> list[str]:
+    """The programs the experiment's transfer runs on `side` (from the backends' registry)."""
+    return tools_for(settings["transfer"], settings["transfer_compress"], side)
+
+
 def migration_port_message(item: dict[str, Any], host: str) -> str:
     return f"port {item['port']} is already in use on {host} (needed by {item['why']})"
 
@@ -55,4 +74,5 @@ class FilterModule:
             "migration_gating": migration_gating,
             "migration_ports": migration_ports,
             "migration_port_message": migration_port_message,
+            "migration_transfer_tools": migration_transfer_tools,
         }

@@ -34,56 +34,15 @@ options:
     type: str
     choices: [send, receive]
     default: send
-  method:
-    description: The transfer (the experiment's C(transfer) setting).
-    type: str
-    choices: [rsync, efs, s3, ebs]
-    default: rsync
   paths:
     description: Absolute paths on the source to send.
     type: list
     elements: path
     required: true
-  destination:
-    description: The destination's address as the source reaches it (rsync).
-    type: str
-  destination_user:
-    description: SSH user on the destination (not root - rsync and tar run under sudo there).
-    type: str
-    default: root
-  ssh_key:
-    description: Private key on the source that the destination accepts.
-    type: path
-  known_hosts:
-    description: known_hosts file on the source holding the destination's pinned key.
-    type: path
-  ssh_port:
-    description: The destination's SSH port.
-    type: int
-    default: 22
-  cipher:
-    description: SSH cipher (e.g. aes128-gcm@openssh.com).
-    type: str
-  compress:
-    description: Stream compression (C(zstd) replaces rsync by a compressed tar stream).
-    type: str
-    choices: [none, zstd]
-    default: none
-  compress_level:
-    description: zstd level, 1 (fastest) to 19.
-    type: int
-    default: 3
   verify:
     description: Checksum the sent files on the source and compare them on the destination.
     type: bool
     default: false
-  efs_path:
-    description: The shared filesystem's mount path, the same on both hosts (efs).
-    type: path
-  efs_dir:
-    description: This experiment's folder on the shared filesystem (efs); staged paths go
-      under C(<efs_dir>/files).
-    type: path
   page_server:
     description: The dump streamed its page images to C(criu page-server) (they are not
       on the source, so verification cannot cover them).
@@ -106,6 +65,7 @@ options:
     description: Which transfer this is (C(final), C(predump-N)), for the metrics.
     type: str
     default: final
+extends_documentation_fragment: [transfer]
 attributes:
   check_mode:
     support: partial
@@ -123,22 +83,23 @@ author: CRIU migration suite
 EXAMPLES = r"""
 - name: Send the final checkpoint and the working directory
   checkpoint_transfer:
-    method: rsync
     paths:
       - /var/lib/criu-migration/images/e1/1
       - /var/lib/criu-migration/work/e1
-    destination: 10.77.0.12
-    ssh_key: /work/main/.lab/id_ed25519
-    known_hosts: /work/main/.lab/known_hosts
-    cipher: aes128-gcm@openssh.com
+    transfer:
+      method: rsync
+      destination: 10.77.0.12
+      ssh_key: /work/main/.lab/id_ed25519
+      known_hosts: /work/main/.lab/known_hosts
+      cipher: aes128-gcm@openssh.com
     verify: true
   register: sent
 
 - name: Compare checksums on the destination before the restore
   checkpoint_transfer:
     side: receive
-    method: rsync
     paths: "{{ sent.dest_paths }}"
+    transfer: {method: rsync}
     verify: true
     manifest: "{{ sent.manifest }}"
     sent: "{{ sent.migration_metrics.data }}"
@@ -147,12 +108,13 @@ EXAMPLES = r"""
 
 - name: transfer=efs - images already on the shared filesystem; stage the working directory
   checkpoint_transfer:
-    method: efs
     paths:
       - /mnt/efs/criu-migration/images/e1/source/1
       - /var/lib/criu-migration/work/e1
-    efs_path: /mnt/efs
-    efs_dir: /mnt/efs/criu-migration/images/e1/source
+    transfer:
+      method: efs
+      efs_path: /mnt/efs
+      efs_dir: /mnt/efs/criu-migration/images/e1/source
 """
 
 RETURN = r"""
@@ -245,14 +207,14 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.transfer_backends import (
+    TRANSFER_OPTIONS,
     TransferError,
     TransferRequest,
     backend_for,
+    request_from_options,
     transfer_receive,
     transfer_send,
 )
-
-TOOLS = {"rsync": ["rsync", "ssh"], "ssh-zstd": ["tar", "zstd", "ssh"], "efs": ["rsync"]}
 
 
 class CheckpointTransfer:
@@ -263,59 +225,57 @@ class CheckpointTransfer:
 
     def request(self) -> TransferRequest:
         p = self.params
-        return TransferRequest(
-            paths=p["paths"],
-            destination=p["destination"] or "",
-            user=p["destination_user"],
-            ssh_key=p["ssh_key"] or "",
-            known_hosts=p["known_hosts"] or "",
-            ssh_port=p["ssh_port"],
-            cipher=p["cipher"] or "",
-            compress=p["compress"],
-            compress_level=p["compress_level"],
+        return request_from_options(
+            p["transfer"],
+            p["paths"],
             verify=p["verify"],
             stage=p["stage"],
-            efs_path=p["efs_path"] or "",
-            efs_dir=p["efs_dir"] or "",
             page_server=p["page_server"],
             fault=p["fault"],
-            method=p["method"],
         )
 
     def run(self, argv: list[str]) -> tuple[int, str, str]:
         return self.module.run_command(argv)
 
     def fail(self, msg: str, **extra: Any) -> None:
-        self.module.fail_json(msg=msg, method=self.params["method"], **extra)
+        self.module.fail_json(msg=msg, method=self.params["transfer"]["method"], **extra)
 
     def backend(self) -> Any:
         p = self.params
+        link = p["transfer"]
+        if link["method"] == "efs" and not (link["efs_path"] and link["efs_dir"]):
+            self.fail("transfer.method=efs needs transfer.efs_path and transfer.efs_dir")
         try:
-            backend = backend_for(p["method"], p["compress"])
+            backend = backend_for(link["method"], link["compress"])
         except ValueError as exc:
             self.fail(str(exc))
         # the receive runs tools only for two-sided backends (zstd's remote side is checked
         # by the node checks)
-        runs_tools = p["side"] == "send" or backend.two_sided
-        for tool in TOOLS.get(backend.name, []) if runs_tools else []:
+        if p["side"] == "send":
+            tools = backend.source_tools
+        else:
+            tools = backend.destination_tools if backend.two_sided else ()
+        for tool in tools:
             self.module.get_bin_path(tool, required=True)
         return backend
 
     def send(self) -> None:
         p = self.params
-        if p["method"] == "rsync" and not p["destination"]:
-            self.fail("method=rsync needs destination (the destination's address)")
+        if p["transfer"]["method"] == "rsync" and not p["transfer"]["destination"]:
+            self.fail(
+                "transfer.method=rsync needs transfer.destination (the destination's address)"
+            )
+        backend = self.backend()
         missing = [path for path in p["paths"] if not Path(path).exists()]
         if missing:
             self.fail(f"nothing to send on {self.host}: missing {', '.join(missing)}")
-        backend = self.backend()
         if self.module.check_mode:
             self.module.exit_json(changed=True, method=backend.name, msg="check mode: nothing sent")
         try:
             outcome = transfer_send(self.request(), self.run, backend)
         except (TransferError, ValueError) as exc:
             self.fail(
-                f"{p['method']} transfer from {self.host} failed: {exc}",
+                f"{p['transfer']['method']} transfer from {self.host} failed: {exc}",
                 cmd=getattr(exc, "argv", []),
                 output=getattr(exc, "output", "")[-3000:],
             )
@@ -342,7 +302,7 @@ class CheckpointTransfer:
             )
         except (TransferError, ValueError) as exc:
             self.fail(
-                f"{p['method']} receive on {self.host} failed: {exc}",
+                f"{p['transfer']['method']} receive on {self.host} failed: {exc}",
                 cmd=getattr(exc, "argv", []),
                 output=getattr(exc, "output", "")[-3000:],
             )
@@ -362,27 +322,16 @@ class CheckpointTransfer:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
+            "transfer": {"type": "dict", "required": True, "options": TRANSFER_OPTIONS},
             "side": {"type": "str", "default": "send", "choices": ["send", "receive"]},
-            "method": {"type": "str", "default": "rsync", "choices": ["rsync", "efs", "s3", "ebs"]},
             "paths": {"type": "list", "elements": "path", "required": True},
-            "destination": {"type": "str"},
-            "destination_user": {"type": "str", "default": "root"},
-            "ssh_key": {"type": "path"},
-            "known_hosts": {"type": "path"},
-            "ssh_port": {"type": "int", "default": 22},
-            "cipher": {"type": "str"},
-            "compress": {"type": "str", "default": "none", "choices": ["none", "zstd"]},
-            "compress_level": {"type": "int", "default": 3},
             "verify": {"type": "bool", "default": False},
-            "efs_path": {"type": "path"},
-            "efs_dir": {"type": "path"},
             "page_server": {"type": "bool", "default": False},
             "manifest": {"type": "dict"},
             "sent": {"type": "dict"},
             "fault": {"type": "str", "default": "none", "choices": ["none", "interrupt"]},
             "stage": {"type": "str", "default": "final"},
         },
-        required_if=[("method", "efs", ("efs_path", "efs_dir"))],
         supports_check_mode=True,
     )
     transfer = CheckpointTransfer(module)

@@ -16,7 +16,8 @@ description:
   - C(fault=corrupt_image) flips one byte (XOR 0xff, in the middle) of the largest page
     image (C(pages-*.img)) in the images folder I(path) on this host - a transfer that
     corrupted data silently; C(transfer_verify=true) must catch it before the restore.
-  - C(state=cleared) kills the holder started earlier (I(holder_pid)).
+  - C(state=cleared) stops the holder started earlier (I(holder_pid)) - C(SIGTERM), then
+    C(SIGKILL) if it lingers.
 options:
   fault:
     description: Which fault.
@@ -32,7 +33,7 @@ options:
     description: The PID to occupy (fault=pid_busy).
     type: int
   holder_pid:
-    description: The holder to kill (state=cleared).
+    description: The holder to stop (state=cleared).
     type: int
   path:
     description: The images folder whose largest page image is altered (fault=corrupt_image).
@@ -64,51 +65,38 @@ corrupted:
   sample: {file: /var/lib/criu-migration/images/e1/1/pages-1.img, offset: 16777216, old: 0, new: 255}
 """
 
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.faults import CORRUPT_PAGE_IMAGE_SH, parse_corruption
+from ansible.module_utils.processes import is_alive, process_state, start_detached, terminate
 
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 
 
 def occupy(module: AnsibleModule, pid: int) -> int:
-    if Path(f"/proc/{pid}").exists():
+    if process_state(pid) is not None:  # a zombie holds its PID too
         module.fail_json(msg=f"PID {pid} is already in use on this host; nothing injected")
     for _ in range(20):
         NS_LAST_PID.write_text(str(pid - 1))
-        holder = subprocess.Popen(
-            ["sleep", "3600"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            close_fds=True,
-            start_new_session=True,
-        )
-        if holder.pid == pid:
+        # the next fork takes pid; the holder outlives this module (new session)
+        holder = start_detached(["sleep", "3600"])
+        if holder == pid:
             return pid
-        holder.kill()  # another process took it first: try again
-        holder.wait()
+        terminate(holder)  # another process took it first: try again
         time.sleep(0.01)
     module.fail_json(msg=f"could not occupy PID {pid}")
     raise AssertionError("unreachable")
 
 
 def corrupt(module: AnsibleModule, folder: Path) -> dict[str, object]:
-    images = [p for p in folder.glob("pages-*.img") if p.is_file() and p.stat().st_size > 0]
-    if not images:
-        module.fail_json(msg=f"no page image (pages-*.img) in {folder} to corrupt")
-    target = max(images, key=lambda p: p.stat().st_size)
-    offset = target.stat().st_size // 2
-    with target.open("r+b") as handle:
-        handle.seek(offset)
-        old = handle.read(1)[0]
-        handle.seek(offset)
-        handle.write(bytes([old ^ 0xFF]))
-    return {"file": str(target), "offset": offset, "old": old, "new": old ^ 0xFF}
+    """Flip a byte of the folder's largest page image (the same script the fused critical
+    path runs on the destination)."""
+    rc, out, err = module.run_command(["sh", "-c", CORRUPT_PAGE_IMAGE_SH, "corrupt", str(folder)])
+    if rc != 0:
+        module.fail_json(msg=err.strip() or f"corrupting a page image in {folder} failed (rc={rc})")
+    return parse_corruption(out)
 
 
 def main() -> None:
@@ -137,10 +125,12 @@ def main() -> None:
             module.fail_json(msg="fault=pid_busy needs pid")
         holder = occupy(module, p["pid"])
         module.exit_json(changed=True, holder_pid=holder, fault=p["fault"])
-    try:
-        os.kill(p["holder_pid"], signal.SIGKILL)
-    except ProcessLookupError:
+    if not is_alive(p["holder_pid"]):
         module.exit_json(changed=False, holder_pid=p["holder_pid"])
+    if not terminate(p["holder_pid"]):
+        module.fail_json(
+            msg=f"the holder {p['holder_pid']} did not end", holder_pid=p["holder_pid"]
+        )
     module.exit_json(changed=True, holder_pid=p["holder_pid"])
 
 

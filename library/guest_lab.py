@@ -182,7 +182,8 @@ from ansible.module_utils.guest_image import (
     qemu_pidfile_of,
     read_manifest,
 )
-from ansible.module_utils.lab_base import LabBase, LabError, process_running, ssh_banner, wait_gone
+from ansible.module_utils.lab_base import GONE_TIMEOUT_S, LabBase, LabError, ssh_banner
+from ansible.module_utils.processes import cmdline, is_alive, reap, start_detached, wait_gone
 
 # Runs in a guest: answers "t" with its clock, applies "adj <seconds>" to it.
 CLOCK_AGENT = """
@@ -224,11 +225,7 @@ class GuestLab(LabBase):
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
-            try:
-                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            pidfile = qemu_pidfile_of(argv)
+            pidfile = qemu_pidfile_of(cmdline(int(entry.name)))
             if pidfile and pidfile.startswith(hosts_dir) and pidfile.endswith("/" + PIDFILE):
                 found[int(entry.name)] = Path(pidfile).parent.name
         return found
@@ -236,9 +233,10 @@ class GuestLab(LabBase):
     def stop_guest(self, guest_name: str, state: dict[str, Any]) -> bool:
         victims = [pid for pid, name in self.qemu_processes().items() if name == guest_name]
         for pid in victims:
+            # the overlay is thrown away: no clean shutdown (so no `terminate`)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)  # the overlay is thrown away: no clean shutdown
-        wait_gone(victims)
+                os.kill(pid, signal.SIGKILL)
+        wait_gone(victims, GONE_TIMEOUT_S)
         state["hosts"].pop(guest_name, None)
         folder = self.guest_dir(guest_name)
         for name in ("disk.qcow2", "config.tar", PIDFILE):
@@ -331,12 +329,8 @@ class GuestLab(LabBase):
         self.ensure_tap(guest)
         (folder / "console.log").unlink(missing_ok=True)
         argv = self.guest_argv(guest, image_dir)
-        with (folder / "qemu.log").open("ab") as log:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                close_fds=True, start_new_session=True,
-            )  # fmt: skip
-        return {"qemu_pid": proc.pid, "started": time.monotonic(), "argv": argv}
+        qemu_pid = start_detached(argv, output=folder / "qemu.log")
+        return {"qemu_pid": qemu_pid, "started": time.monotonic(), "argv": argv}
 
     def wait_booted(
         self, started: dict[str, dict[str, Any]], lab_guests: list[Guest]
@@ -346,9 +340,13 @@ class GuestLab(LabBase):
         boot_s: dict[str, float] = {}
         while pending and time.monotonic() < deadline:
             for name, guest in list(pending.items()):
-                if not process_running(started[name]["qemu_pid"]):
+                qemu_pid = started[name]["qemu_pid"]
+                if not is_alive(qemu_pid):
+                    status = reap(qemu_pid)
                     raise GuestLabError(
-                        f"QEMU of guest {name} exited during the boot; {self.tails(name)}"
+                        f"QEMU of guest {name} exited during the boot"
+                        + (f" (status {status})" if status is not None else "")
+                        + f"; {self.tails(name)}"
                     )
                 if ssh_banner(guest.address, timeout=1.0):
                     boot_s[name] = round(time.monotonic() - started[name]["started"], 3)
@@ -424,11 +422,7 @@ class GuestLab(LabBase):
         pid = int(info.get("qemu_pid", 0))
         if pid not in self.qemu_processes() or not self.link_exists(guest.tap):
             return False
-        try:
-            running = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-        except OSError:
-            return False
-        if running != self.guest_argv(guest, image_dir):
+        if cmdline(pid) != self.guest_argv(guest, image_dir):
             return False  # memory, CPUs or the kernel command line changed: boot it again
         return ssh_banner(guest.address, timeout=3.0)
 

@@ -114,7 +114,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.lab_base import LabBase, LabError, process_running, ssh_banner, wait_gone
+from ansible.module_utils.lab_base import GONE_TIMEOUT_S, LabBase, LabError, ssh_banner
 from ansible.module_utils.lab_layout import (
     DEFAULT_PREFIX,
     INIT_MARKER,
@@ -129,6 +129,14 @@ from ansible.module_utils.lab_layout import (
     prefix_length,
     sshd_config,
     under_private_mount,
+)
+from ansible.module_utils.processes import (
+    cmdline,
+    is_alive,
+    reap,
+    start_detached,
+    terminate,
+    wait_gone,
 )
 
 # The host's init: reaps every orphan so no zombie keeps a PID that a restore needs.
@@ -177,11 +185,7 @@ class Lab(LabBase):
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            args = [arg.decode(errors="replace") for arg in argv]
+            args = cmdline(int(entry.name))
             if INIT_MARKER not in args or "unshare" in Path(args[0]).name:
                 continue
             marker = args.index(INIT_MARKER)
@@ -209,29 +213,27 @@ class Lab(LabBase):
         victims = [pid for pid, host in self.stray_inits().items() if host == name]
         info = state["hosts"].pop(name, {})
         for pid in victims:
-            # A pid namespace's init ignores SIGTERM; SIGKILL ends every process inside.
-            os.kill(pid, signal.SIGKILL)
-        wait_gone(victims)
+            # A pid namespace's init ignores SIGTERM (so no `terminate`); SIGKILL ends every
+            # process inside.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_gone(victims, GONE_TIMEOUT_S)
         for key in ("unshare_pid", "sshd_launcher_pid"):
-            pid = info.get(key)
-            if pid and process_running(int(pid)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-                wait_gone([int(pid)])
+            pid = int(info.get(key) or 0)
+            if pid and is_alive(pid):
+                terminate(pid, grace_s=GONE_TIMEOUT_S)
         if index is not None and self.link_exists(f"{self.prefix}{index}"):
             self.run([self.bins["ip"], "link", "del", f"{self.prefix}{index}"], check=False)
 
     def create_host(self, host: LabHost, disk_size: str) -> dict[str, Any]:
-        unshare = subprocess.Popen(
+        unshare_pid = start_detached(
             [
                 self.bins["unshare"], "--pid", "--mount", "--uts", "--net", "--fork", "--mount-proc",
                 "--propagation", "private",
                 "/usr/bin/python3", "-c", REAPER, INIT_MARKER, str(self.dir), host.name, "init",
             ],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=True, start_new_session=True,
         )  # fmt: skip
-        init_pid = self.wait_init(unshare.pid)
+        init_pid = self.wait_init(unshare_pid)
         # The host's own name and disks (mount points exist in the shared root filesystem).
         self.in_host(init_pid, ["hostname", host.name])
         for mount_point in (*PRIVATE_MOUNTS, SHARED_MOUNT):
@@ -277,7 +279,7 @@ class Lab(LabBase):
         sshd_pid = self.start_sshd(host, init_pid)
         return {
             "init_pid": init_pid,
-            "unshare_pid": unshare.pid,
+            "unshare_pid": unshare_pid,
             "sshd_launcher_pid": sshd_pid,
             "address": host.address,
             "index": host.index,
@@ -290,15 +292,19 @@ class Lab(LabBase):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                pids = children.read_text().split()
+                pids = children.read_text().split() if is_alive(unshare_pid) else None
             except OSError:
+                pids = None
+            if pids is None:
+                status = reap(unshare_pid)
                 raise LabError(
                     f"unshare ({unshare_pid}) exited before starting the host's init"
-                ) from None
+                    + (f" (status {status})" if status is not None else "")
+                )
             if pids:
                 init_pid = int(pids[0])
                 # wait until the child exec'ed the reaper (its marker is visible)
-                if INIT_MARKER.encode() in Path(f"/proc/{init_pid}/cmdline").read_bytes():
+                if INIT_MARKER in cmdline(init_pid):
                     return init_pid
             time.sleep(0.01)
         raise LabError("the host's init did not start within 10 s")
@@ -317,16 +323,15 @@ class Lab(LabBase):
         test = self.in_host(init_pid, [self.bins["sshd"], "-t", "-f", str(config)], check=False)
         if test.returncode != 0:
             raise LabError(f"sshd -t rejects {config}: {test.stderr.strip()}")
-        with (host_dir / "sshd.log").open("ab") as log:
-            launcher = subprocess.Popen(
-                [self.bins["nsenter"], "-t", str(init_pid), "-a", "--", self.bins["sshd"], "-D", "-e", "-f", str(config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, start_new_session=True,
-            )  # fmt: skip
+        launcher = start_detached(
+            [self.bins["nsenter"], "-t", str(init_pid), "-a", "--", self.bins["sshd"], "-D", "-e", "-f", str(config)],
+            output=host_dir / "sshd.log",
+        )  # fmt: skip
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if ssh_banner(host.address, timeout=0.5):
-                return launcher.pid
-            if launcher.poll() is not None:
+                return launcher
+            if not is_alive(launcher):
                 break
             time.sleep(0.05)
         tail = (host_dir / "sshd.log").read_text(errors="replace")[-1000:]

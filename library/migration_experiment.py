@@ -13,6 +13,8 @@ description:
     for each pair (the source host is appended when there are several pairs), and
     returns the experiment under C(migration_experiment), which the C(migration_metrics)
     callback reads to know the pairs and where to write C(metrics.json).
+  - Each pair gets every node-side path of its experiment (C(module_utils/migration_layout.py)
+    - images, CRIU's logs, pidfiles), so roles and recoveries read them from one place.
   - Records the control node's environment (git revision, Ansible and Python versions).
 options:
   name:
@@ -32,11 +34,12 @@ options:
     type: str
     default: ""
   settings:
-    description: The experiment's validated settings (strategy, transfer, ...).
+    description: The experiment's validated settings (checkpoint_strategy, transfer, ...).
     type: dict
     default: {}
   pairs:
-    description: Source/destination pairs, each C({source, destination}).
+    description: Source/destination pairs as the preflight planned them (C(source),
+      C(destination), their addresses, the destination's login, C(efs_mount_path)).
     type: list
     elements: dict
     required: true
@@ -80,7 +83,8 @@ migration_experiment:
     id: memory_20261126_051500
     pairs: [{source: source, destination: destination, results_dir: /work/main/results/memory_20261126_051500,
              working_dir: /var/lib/criu-migration/work/memory_20261126_051500,
-             checkpoint_dir: /var/lib/criu-migration/images/memory_20261126_051500}]
+             checkpoint_dir: /var/lib/criu-migration/images/memory_20261126_051500,
+             final_images_dir: /var/lib/criu-migration/images/memory_20261126_051500/1}]
 """
 
 import datetime as dt
@@ -91,6 +95,7 @@ import time
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.migration_layout import node_paths, transfer_link
 
 
 def git_revision(directory: str | None) -> str:
@@ -156,17 +161,19 @@ def main() -> None:
         results_dir = unique_dir(root, folder)
         for side in ("source", "dest"):
             (results_dir / side).mkdir(parents=True)
-        pairs.append(
-            {
-                "source": pair["source"],
-                "destination": pair["destination"],
-                "source_address": pair.get("source_address", pair["source"]),
-                "destination_address": pair.get("destination_address", pair["destination"]),
-                "results_dir": str(results_dir),
-                "working_dir": f"{params['migration_root']}/work/{experiment_id}",
-                "checkpoint_dir": f"{params['migration_root']}/images/{experiment_id}",
-            }
-        )
+        planned = {
+            **pair,
+            "results_dir": str(results_dir),
+            **node_paths(
+                params["migration_root"],
+                experiment_id,
+                pair["source"],
+                params["settings"],
+                str(pair.get("efs_mount_path") or ""),
+            ),
+        }
+        planned["transfer"] = transfer_link(planned, params["settings"])
+        pairs.append(planned)
     settings = params["settings"]
     experiment = {
         "id": experiment_id,
@@ -179,6 +186,7 @@ def main() -> None:
         },
         "strategy": {
             "mode": settings.get("checkpoint_strategy"),
+            "critical_path": settings.get("critical_path"),
             "lazy_pages": settings.get("lazy_pages", False),
             "page_server": settings.get("page_server", False),
             "predump_iterations": settings.get("predump_iterations"),

@@ -42,42 +42,45 @@ options:
       I(images_base)/criu-pre-dump.log.
     type: path
   iterations:
-    description: Pre-dumps to run (fixed), or at most (adaptive).
+    description: Pre-dumps to run (fixed), or at most (adaptive) - the experiment's
+      C(predump_iterations).
     type: int
-    default: 8
+    required: true
   interval:
-    description: Seconds between the starts of two pre-dumps.
+    description: Seconds between the starts of two pre-dumps (C(predump_interval)).
     type: float
-    default: 10.0
+    required: true
   mode:
-    description: The stop rule.
+    description: The stop rule (C(predump_mode)).
     type: str
     choices: [fixed, adaptive]
-    default: fixed
+    required: true
   min_pages:
-    description: (adaptive) Stop when a pre-dump wrote at most this many pages.
+    description: (adaptive) Stop when a pre-dump wrote at most this many pages
+      (C(predump_min_pages)).
     type: int
-    default: 64
+    required: true
   skip_goal_pct:
     description: (adaptive) Stop when at least this share (%) of the pages CRIU looked at was
-      unchanged since the previous pre-dump.
+      unchanged since the previous pre-dump (C(predump_skip_goal_pct)).
     type: float
-    default: 70.0
+    required: true
   max_growth_pct:
     description: (adaptive) Stop when the pages written grew by more than this (%) over the
-      previous pre-dump; 0 stops as soon as the dirty set stops shrinking.
+      previous pre-dump; 0 stops as soon as the dirty set stops shrinking
+      (C(predump_max_growth_pct)).
     type: float
-    default: 10.0
+    required: true
   deadline_s:
     description: (adaptive) The budget, in seconds on the deadline clock, that the final dump,
       its transfer and the restore must also fit in; 0 turns the deadline rule off.
     type: float
-    default: 0.0
+    required: true
   final_reserve_s:
     description: (adaptive) Seconds reserved for the restore and orchestration on top of the
-      estimated final dump and transfer.
+      estimated final dump and transfer (C(predump_final_reserve_s)).
     type: float
-    default: 5.0
+    required: true
   clock_started_at:
     description: When the deadline clock started (epoch seconds, e.g. the spot notice's
       arrival). Defaults to the start of the first pre-dump.
@@ -85,10 +88,6 @@ options:
   criu_bin:
     description: Path of the criu binary. Found in /usr/local/sbin, /usr/sbin or PATH when omitted.
     type: path
-  log_level:
-    description: CRIU's verbosity (-v0 .. -v4).
-    type: int
-    default: 4
   file_locks:
     description: Dump file locks (--file-locks).
     type: bool
@@ -102,17 +101,13 @@ options:
     description: Seconds one pre-dump may take.
     type: int
     default: 600
-  transfer:
-    description: The transfer backend's settings (as the C(checkpoint_transfer) module's
-      options) - C(method), C(destination), C(destination_user), C(ssh_key), C(known_hosts),
-      C(ssh_port), C(cipher), C(compress), C(compress_level), C(efs_path), C(efs_dir).
-      Omitted - the pre-dumps stay on the source.
-    type: dict
+extends_documentation_fragment: [transfer]
 attributes:
   check_mode:
     support: none
     details: Pre-dumps are never idempotent; the module always runs them.
 notes:
+  - Without I(transfer) the pre-dumps stay on the source.
   - Needs soft-dirty memory tracking on the host (C(criu check --feature mem_dirty_track);
     C(CONFIG_MEM_SOFT_DIRTY)) - the preflight refuses C(checkpoint_strategy=predump) elsewhere.
   - Reports C(changed=true).
@@ -132,6 +127,11 @@ EXAMPLES = r"""
     iterations: 8
     interval: 10
     mode: adaptive
+    min_pages: 64
+    skip_goal_pct: 70
+    max_growth_pct: 10
+    deadline_s: 0
+    final_reserve_s: 5
     transfer:
       method: rsync
       destination: 10.79.0.22
@@ -185,30 +185,19 @@ migration_metrics:
 """
 
 import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.criu_cli import build_criu_argv, first_error, log_tail
-from ansible.module_utils.criu_stats import summarize_stats_image
-from ansible.module_utils.predump_policy import Iteration, PredumpPolicy, decide
-from ansible.module_utils.transfer_backends import TransferError, TransferRequest, backend_for
-
-TRANSFER_KEYS = {
-    "method": "rsync",
-    "destination": "",
-    "destination_user": "root",
-    "ssh_key": "",
-    "known_hosts": "",
-    "ssh_port": 22,
-    "cipher": "",
-    "compress": "none",
-    "compress_level": 3,
-    "efs_path": "",
-    "efs_dir": "",
-}
+from ansible.module_utils.criu_runner import CriuRunner, find_criu
+from ansible.module_utils.predump_policy import MODES, Iteration, PredumpPolicy, decide
+from ansible.module_utils.transfer_backends import (
+    TRANSFER_OPTIONS,
+    TransferError,
+    backend_for,
+    request_from_options,
+)
 
 
 class PredumpLoop:
@@ -218,22 +207,17 @@ class PredumpLoop:
         self.host = platform.node()
         self.base = Path(p["images_base"])
         self.log_file = Path(p["log_file"] or self.base / "criu-pre-dump.log")
-        self.criu_bin = p["criu_bin"] or module.get_bin_path(
-            "criu", required=True, opt_dirs=["/usr/local/sbin", "/usr/sbin", "/sbin"]
+        self.runner = CriuRunner(find_criu(module.get_bin_path, p["criu_bin"]), self.host)
+        self.policy = PredumpPolicy(
+            mode=p["mode"],
+            max_iterations=p["iterations"],
+            interval_s=p["interval"],
+            min_pages=p["min_pages"],
+            skip_goal_pct=p["skip_goal_pct"],
+            max_growth_pct=p["max_growth_pct"],
+            deadline_s=p["deadline_s"],
+            final_reserve_s=p["final_reserve_s"],
         )
-        try:
-            self.policy = PredumpPolicy(
-                mode=p["mode"],
-                max_iterations=p["iterations"],
-                interval_s=p["interval"],
-                min_pages=p["min_pages"],
-                skip_goal_pct=p["skip_goal_pct"],
-                max_growth_pct=p["max_growth_pct"],
-                deadline_s=p["deadline_s"],
-                final_reserve_s=p["final_reserve_s"],
-            )
-        except ValueError as exc:
-            module.fail_json(msg=str(exc))
         self.transfer = self._transfer_settings(p["transfer"])
         self.iterations: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
@@ -242,19 +226,13 @@ class PredumpLoop:
     def _transfer_settings(self, given: dict[str, Any] | None) -> dict[str, Any] | None:
         if given is None:
             return None
-        unknown = sorted(set(given) - set(TRANSFER_KEYS))
-        if unknown:
-            self.module.fail_json(
-                msg=f"transfer: unknown key(s) {', '.join(unknown)}; valid: {', '.join(TRANSFER_KEYS)}"
-            )
-        settings = {key: given.get(key) or default for key, default in TRANSFER_KEYS.items()}
         try:
-            backend_for(settings["method"], settings["compress"])
+            backend_for(given["method"], given["compress"])
         except ValueError as exc:
             self.module.fail_json(msg=f"pre-dump transfers: {exc}")
-        if settings["method"] == "rsync" and not settings["destination"]:
+        if given["method"] == "rsync" and not given["destination"]:
             self.module.fail_json(msg="pre-dump transfers with rsync need transfer.destination")
-        return settings
+        return given
 
     # -- one iteration ------------------------------------------------------------------
     def predump(self, index: int) -> dict[str, Any]:
@@ -265,84 +243,37 @@ class PredumpLoop:
         opts = {
             "images_dir": str(images_dir),
             "log_file": str(log),
-            "log_level": p["log_level"],
             "pid": p["pid"],
             "track_mem": True,
             "prev_images_dir": f"../{index - 1}" if index > 1 else None,
             "file_locks": p["file_locks"],
             "extra_args": p["extra_args"],
         }
-        argv = build_criu_argv(self.criu_bin, "pre-dump", opts)
-        images_dir.mkdir(parents=True, exist_ok=True)
-        (images_dir / "stats-dump").unlink(missing_ok=True)
-        started_at = time.time()
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=p["criu_timeout"],
-                check=False,
-                close_fds=True,
-            )
-        except subprocess.TimeoutExpired:
+        call = self.runner.run("pre-dump", opts, p["criu_timeout"])
+        if not call.ok:
+            log_text = call.log_text()
             self.gather_logs()
             self.fail(
-                f"criu pre-dump {index} on {self.host} did not finish within "
-                f"{p['criu_timeout']} s; log: {self.log_file}",
-                cmd=argv,
+                f"criu pre-dump {index} failed on {self.host} (rc={call.rc}): "
+                f"{call.reason(log_text) or 'no error line'}; log: {self.log_file}",
+                cmd=call.argv,
+                rc=call.rc,
+                log_tail=log_text[-4000:],
             )
-        duration = time.monotonic() - t0
-        rc = proc.returncode
-        out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
-        if rc != 0:
-            log_text = log.read_text(errors="replace") if log.exists() else ""
-            self.gather_logs()
-            reason = first_error(log_text) or first_error(out + err) or log_tail(out + err, 3)
-            self.fail(
-                f"criu pre-dump {index} failed on {self.host} (rc={rc}): "
-                f"{reason or 'no error line'}; log: {self.log_file}",
-                cmd=argv,
-                rc=rc,
-                log_tail=log_tail(log_text),
-            )
-        stats_image = images_dir / "stats-dump"
-        stats = (
-            summarize_stats_image(str(stats_image)).get("dump", {}) if stats_image.exists() else {}
-        )
         return {
             "index": index,
             "images_dir": str(images_dir),
             "parent": opts["prev_images_dir"],
-            "duration_s": round(duration, 6),
-            "started_at": started_at,
-            "finished_at": time.time(),
-            "log_file": str(self.log_file),
-            "cmd": argv,
-            "stats": stats,
+            **call.metrics(log_file=str(self.log_file)),
+            "cmd": call.argv,
         }
 
     def send(self, index: int, images_dir: str) -> dict[str, Any] | None:
         if self.transfer is None:
             return None
-        t = self.transfer
-        request = TransferRequest(
-            paths=[images_dir],
-            destination=t["destination"],
-            user=t["destination_user"],
-            ssh_key=t["ssh_key"],
-            known_hosts=t["known_hosts"],
-            ssh_port=int(t["ssh_port"]),
-            cipher=t["cipher"],
-            compress=t["compress"],
-            compress_level=int(t["compress_level"]),
-            stage=f"predump-{index}",
-            efs_path=t["efs_path"],
-            efs_dir=t["efs_dir"],
-            method=t["method"],
-        )
-        backend = backend_for(t["method"], t["compress"])
+        stage = f"predump-{index}"
+        request = request_from_options(self.transfer, [images_dir], stage=stage)
+        backend = backend_for(request.method, request.compress)
         started_at = time.time()
         try:
             result = backend.send(request, self.run)
@@ -355,11 +286,9 @@ class PredumpLoop:
             )
         if result.extra.get("staged"):
             # a two-sided backend would need the destination to fetch in the middle of the loop
-            self.fail(
-                f"transfer={t['method']} staged {result.extra['staged']} for pre-dump {index}"
-            )
+            self.fail(f"transfer={request.method} staged {result.extra['staged']} for {stage}")
         data = result.as_dict()
-        data.update(stage=f"predump-{index}", started_at=started_at, iteration=index)
+        data.update(stage=stage, started_at=started_at, iteration=index)
         return data
 
     def run(self, argv: list[str]) -> tuple[int, str, str]:
@@ -494,21 +423,21 @@ def main() -> None:
             "pid": {"type": "int", "required": True},
             "images_base": {"type": "path", "required": True},
             "log_file": {"type": "path"},
-            "iterations": {"type": "int", "default": 8},
-            "interval": {"type": "float", "default": 10.0},
-            "mode": {"type": "str", "default": "fixed", "choices": ["fixed", "adaptive"]},
-            "min_pages": {"type": "int", "default": 64},
-            "skip_goal_pct": {"type": "float", "default": 70.0},
-            "max_growth_pct": {"type": "float", "default": 10.0},
-            "deadline_s": {"type": "float", "default": 0.0},
-            "final_reserve_s": {"type": "float", "default": 5.0},
+            # the experiment's predump_* settings, validated by the preflight
+            "iterations": {"type": "int", "required": True},
+            "interval": {"type": "float", "required": True},
+            "mode": {"type": "str", "required": True, "choices": list(MODES)},
+            "min_pages": {"type": "int", "required": True},
+            "skip_goal_pct": {"type": "float", "required": True},
+            "max_growth_pct": {"type": "float", "required": True},
+            "deadline_s": {"type": "float", "required": True},
+            "final_reserve_s": {"type": "float", "required": True},
             "clock_started_at": {"type": "float"},
             "criu_bin": {"type": "path"},
-            "log_level": {"type": "int", "default": 4, "choices": [0, 1, 2, 3, 4]},
             "file_locks": {"type": "bool", "default": False},
             "extra_args": {"type": "list", "elements": "str", "default": []},
             "criu_timeout": {"type": "int", "default": 600},
-            "transfer": {"type": "dict"},
+            "transfer": {"type": "dict", "options": TRANSFER_OPTIONS},
         },
         supports_check_mode=False,
     )

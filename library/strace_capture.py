@@ -356,18 +356,17 @@ import os
 import shlex
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Sequence
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.proc_status import (
-    describe_tracers,
-    is_live,
-    pid_exists,
-    process_start_ticks,
-    process_tree,
-    tracers,
+from ansible.module_utils.proc_status import describe_tracers, process_tree, tracers
+from ansible.module_utils.processes import (
+    is_alive,
+    read_exit,
+    start_detached,
+    start_ticks,
+    write_atomic,
 )
 from ansible.module_utils.strace_log import (
     CaptureStats,
@@ -410,13 +409,6 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split() if x.lstrip("-").isdigit()]
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def describe_exit(returncode: int | None) -> str:
     if returncode is None:
         return "unknown"
@@ -426,70 +418,6 @@ def describe_exit(returncode: int | None) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exited {returncode}"
-
-
-# --------------------------------------------------------------------------- spawning
-
-
-def spawn_detached(argv: Sequence[str], stderr_path: str, exit_path: str) -> int:
-    """Start `argv` outside this process's session and return its pid.
-
-    A double fork leaves a small monitor process (reparented to init) that waits for the
-    command and writes its return code to `exit_path`. Monitor and command have their stdio
-    on /dev/null (stderr to `stderr_path`) and no other inherited descriptors, so the SSH
-    session that runs the module can close.
-    """
-    read_end, write_end = os.pipe()
-    first = os.fork()
-    if first == 0:  # pragma: no cover - runs in the forked children
-        try:
-            os.close(read_end)
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            os.chdir("/")  # not Ansible's temporary folder, which is removed
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            os.closerange(3, write_end)
-            os.closerange(write_end + 1, os.sysconf("SC_OPEN_MAX"))
-            try:
-                with open(stderr_path, "wb") as err:
-                    child = subprocess.Popen(
-                        list(argv),
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                        close_fds=True,
-                    )
-            except OSError as exc:
-                os.write(write_end, f"error: {exc}".encode())
-                os._exit(1)
-            os.write(write_end, str(child.pid).encode())
-            os.close(write_end)
-            returncode = child.wait()
-            _write_atomic(exit_path, f"{returncode} {time.time():.6f}\n")
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    os.waitpid(first, 0)
-    chunks = []
-    while chunk := os.read(read_end, 4096):
-        chunks.append(chunk)
-    os.close(read_end)
-    answer = b"".join(chunks).decode("utf-8", "replace")
-    if not answer.isdigit():
-        raise OSError(answer or "the monitor process exited without starting strace")
-    return int(answer)
-
-
-def read_exit(exit_path: str) -> tuple[int, float] | None:
-    try:
-        with open(exit_path, encoding="utf-8") as handle:
-            code, ended = handle.read().split()
-    except (FileNotFoundError, ValueError):
-        return None
-    return int(code), float(ended)
 
 
 # --------------------------------------------------------------------------- the work
@@ -530,7 +458,7 @@ class StraceCapture:
     def start(self) -> dict[str, object]:
         pid: int = self.params["pid"]
         # zombies cannot be traced (strace's attach fails with EPERM) and write nothing
-        tree = [p for p in process_tree(pid) if is_live(p)]
+        tree = [p for p in process_tree(pid) if is_alive(p)]
         if not tree or tree[0] != pid:
             raise CaptureError(f"process {pid} is not running on {self.host}", pid=pid)
         busy = describe_tracers(tree)
@@ -557,10 +485,13 @@ class StraceCapture:
 
         spawned = time.monotonic()
         try:
-            tracer = spawn_detached(argv, self.stderr_path, self.exit_path)
+            # Outside the module's session, so that the SSH session can close; a monitor
+            # records strace's exit status in exit_path. strace writes the trace to raw_path
+            # (-o) and its messages to stderr_path.
+            tracer = start_detached(argv, output=self.stderr_path, exit_file=self.exit_path)
         except OSError as exc:
             raise CaptureError(f"cannot start strace on {self.host}: {exc}", command=argv) from exc
-        tracer_ticks = process_start_ticks(tracer)
+        tracer_ticks = start_ticks(tracer)
         threads = self._wait_attached(tracer, tree, argv, spawned)
         start_epoch = time.time()
         attach_s = time.monotonic() - spawned
@@ -587,7 +518,7 @@ class StraceCapture:
             ("start", iso_utc(start_epoch)),
             ("attach_s", f"{attach_s:.3f}"),
         ]
-        _write_atomic(self.info_path, format_info(fields))
+        write_atomic(self.info_path, format_info(fields))
         return {
             "changed": True,
             "command": argv,
@@ -608,7 +539,7 @@ class StraceCapture:
         while True:
             ended = read_exit(self.exit_path)
             if ended is not None:
-                alive = [p for p in tree if pid_exists(p)]
+                alive = [p for p in tree if is_alive(p)]
                 why = "the target exited" if not alive else "strace failed"
                 raise CaptureError(
                     f"strace ended before it had attached on {self.host} ({why}, "
@@ -654,9 +585,10 @@ class StraceCapture:
             ) from None
 
     def _tracer_alive(self, tracer: int, ticks: str) -> bool:
-        if tracer <= 0:
+        """Whether strace still runs: alive, and not another process that took its PID."""
+        if not is_alive(tracer):
             return False
-        current = process_start_ticks(tracer)
+        current = start_ticks(tracer)
         return current is not None and (not ticks or str(current) == ticks)
 
     def stop(self) -> dict[str, object]:
@@ -743,7 +675,7 @@ class StraceCapture:
                 f"from {state.get('start', '?')} to {state.get('end', '?')}; "
                 f"how it was collected: {os.path.basename(self.info_path)}",
             ]
-            _write_atomic(self.log_path, format_log(trace, lines, stats, header))
+            write_atomic(self.log_path, format_log(trace, lines, stats, header))
             state.update(_stats_fields(stats))
             if messages.attached:
                 state["strace_attached"] = " ".join(
@@ -755,7 +687,7 @@ class StraceCapture:
             if messages.other:
                 state["strace_messages"] = " | ".join(messages.other[-20:])
             state["lost"] = _lost(stats, state)
-            _write_atomic(self.info_path, format_info(list(state.items())))
+            write_atomic(self.info_path, format_info(list(state.items())))
         start_epoch = float(state["start_epoch"]) if "start_epoch" in state else None
         end_epoch = float(state["end_epoch"]) if "end_epoch" in state else None
         return {

@@ -119,34 +119,23 @@ migration_metrics:
 
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.processes import (
+    BASE_ENV,
+    cmdline,
+    is_alive,
+    reap,
+    start_detached,
+    wait_until,
+)
 
-# A clean environment: the SSH session's variables must not leak into the workload.
-_BASE_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "LANG": "C.UTF-8",
-    "HOME": "/root",
-    "PYTHONUNBUFFERED": "1",
-}
-
-
-def process_state(pid: int) -> str | None:
-    """The kernel's one-letter state of `pid`, or None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def is_running(pid: int) -> bool:
-    state = process_state(pid)
-    return state is not None and state not in ("Z", "X")
+# A clean environment (the SSH session's variables must not leak into the workload), with
+# Python's output unbuffered.
+_BASE_ENV = {**BASE_ENV, "PYTHONUNBUFFERED": "1"}
 
 
 def _count_lines(path: Path) -> int:
@@ -155,14 +144,6 @@ def _count_lines(path: Path) -> int:
             return sum(1 for line in handle if line.strip())
     except OSError:
         return 0
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 class WorkloadProcess:
@@ -185,31 +166,24 @@ class WorkloadProcess:
         env = dict(_BASE_ENV, **{k: str(v) for k, v in self.params["env"].items()})
         started_at = time.time()
         try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=working_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                close_fds=True,  # CRIU fails on stray inherited descriptors
-                start_new_session=True,
-            )
+            # new session, stdio on /dev/null, no inherited descriptors (CRIU fails on stray
+            # ones), cwd in the working directory
+            pid = start_detached(argv, cwd=working_dir, env=env)
         except OSError as exc:
             self.module.fail_json(msg=f"cannot start the workload on {self.host}: {exc}", argv=argv)
         result: dict[str, Any] = {
             "changed": True,
-            "pid": proc.pid,
+            "pid": pid,
             "running": True,
             "started_at": started_at,
             "argv": argv,
         }
         if self.params["wait_ready"]:
-            result.update(self.wait_ready(proc.pid, working_dir, started_at, proc))
+            result.update(self.wait_ready(pid, working_dir, started_at))
         result["migration_metrics"] = {
             "phase": "workload_start",
             "data": {
-                "pid": proc.pid,
+                "pid": pid,
                 "started_at": started_at,
                 "argv": argv,
                 "ready_s": result.get("ready_s"),
@@ -217,14 +191,11 @@ class WorkloadProcess:
         }
         return result
 
-    def wait_ready(
-        self,
-        pid: int,
-        working_dir: Path,
-        started_at: float,
-        proc: subprocess.Popen[bytes] | None = None,
-    ) -> dict[str, Any]:
-        """Wait for `ready:<pid>` and the first progress lines; fail if the workload dies."""
+    def wait_ready(self, pid: int, working_dir: Path, started_at: float) -> dict[str, Any]:
+        """Wait for `ready:<pid>` and the first progress lines; fail if the workload dies.
+
+        A workload this module call started is its child: its exit status is reported.
+        """
         ready = working_dir / "checkpoint_ready"
         progress = working_dir / "progress.log"
         error_log = working_dir / "workload_error.log"
@@ -241,8 +212,8 @@ class WorkloadProcess:
                     "ready_s": round(time.time() - started_at, 3),
                     "cmdline": cmdline(pid),
                 }
-            rc = proc.poll() if proc is not None else None
-            if rc is not None or (proc is None and not is_running(pid)):
+            if not is_alive(pid):
+                rc = reap(pid)  # our child's exit status (None: another parent's process)
                 detail = error_log.read_text(errors="replace")[-3000:] if error_log.exists() else ""
                 last = detail.strip().splitlines()[-1] if detail.strip() else ""
                 self.module.fail_json(
@@ -269,12 +240,10 @@ class WorkloadProcess:
         match = self.params["match"]
 
         def workload_runs() -> bool:
-            return is_running(pid) and (not match or any(match in arg for arg in cmdline(pid)))
+            return is_alive(pid) and (not match or any(match in arg for arg in cmdline(pid)))
 
         if state == "exited" and not self.module.check_mode:
-            deadline = time.monotonic() + self.params["timeout"]
-            while workload_runs() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(lambda: not workload_runs(), self.params["timeout"], interval_s=0.1)
         running = workload_runs()
         result: dict[str, Any] = {
             "changed": False,
@@ -282,7 +251,7 @@ class WorkloadProcess:
             "running": running,
             "host": self.host,
         }
-        if is_running(pid):
+        if is_alive(pid):
             result["cmdline"] = cmdline(pid)
             if not running:
                 result["msg"] = f"PID {pid} is held by another process, not the workload ({match})"

@@ -80,7 +80,7 @@ EXAMPLES = r"""
     pid: 16020
     source_pid: 16020
     source_running: false
-    rules: {equal: [checksum], close: {rss_kb: 0.1}}
+    rules: {equal: [checksum], close: {rss_anon_kb: 0.02}}
 
 - name: Verify a video workload, decoding every finished segment
   workload_verify:
@@ -130,14 +130,7 @@ from ansible.module_utils.artifact_checks import (
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.continuity import check_continuity, parse_progress
 from ansible.module_utils.proc_status import process_tree, read_fds
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+from ansible.module_utils.processes import is_alive
 
 
 class ArtifactVerifier:
@@ -231,7 +224,7 @@ def main() -> None:
             break
         time.sleep(0.2)
     report = check_continuity(lines, host, p["rules"], bad)
-    restored_running = _running(p["pid"])
+    restored_running = is_alive(p["pid"])
     same_pid = p["pid"] == p["source_pid"]
     artifacts = (
         ArtifactVerifier(module, p["working_dir"], p["pid"]).run(artifact_spec)

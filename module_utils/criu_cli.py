@@ -6,6 +6,7 @@ Shared by `library/criu.py` (on the nodes) and the unit tests. Standard library 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +61,7 @@ class CheckResult:
     warnings: list[str] = field(default_factory=list)
 
 
-# Printed on every run on hosts without CAP_SYS_RESOURCE; harmless (LAB.md).
+# Printed on every run on hosts without CAP_SYS_RESOURCE; harmless (docs/lab.md).
 _HARMLESS = (re.compile(r"rlimit: Can't setup RLIMIT_NOFILE"),)
 
 
@@ -81,8 +82,70 @@ def parse_check_output(rc: int, output: str) -> CheckResult:
     return CheckResult(ok=ok, summary=summary, errors=errors, warnings=warnings)
 
 
+@dataclass(frozen=True)
+class OptionFormat:
+    """How one option of the `criu` module becomes CRIU arguments.
+
+    `flag` takes the option's value (`--tree 42`), or is given alone when the option is true
+    (`switch=True`), or formats the value into itself (`joined=True`: `-v4`). `default` is
+    used when the option is absent; `when` further limits it to some option combinations.
+    """
+
+    option: str
+    flag: str
+    actions: tuple[str, ...]
+    switch: bool = False
+    joined: bool = False
+    default: Any = None
+    when: Callable[[str, dict[str, Any]], bool] | None = None
+
+
+def _talks_tcp(action: str, opts: dict[str, Any]) -> bool:
+    """Whether the call serves or fetches pages over TCP (--address / --port apply)."""
+    return (
+        action == "page-server"
+        or (action in ("dump", "pre-dump", "lazy-pages") and bool(opts.get("page_server")))
+        or (action == "dump" and bool(opts.get("lazy_pages")))
+    )
+
+
+_IMAGE_ACTIONS = ("dump", "pre-dump", "restore", "page-server", "lazy-pages")
+_TREE_ACTIONS = ("dump", "pre-dump", "restore")
+
+# Every option, in argv order. CRIU takes its options in any order; one order keeps argv
+# comparable between calls (the fused critical path's and the benchmark floor's).
+ARGV_FORMAT: tuple[OptionFormat, ...] = (
+    OptionFormat("images_dir", "--images-dir", _IMAGE_ACTIONS),
+    OptionFormat("work_dir", "--work-dir", _IMAGE_ACTIONS),
+    OptionFormat("log_file", "--log-file", _IMAGE_ACTIONS),
+    OptionFormat("log_level", "-v{}", _IMAGE_ACTIONS, joined=True, default=4),
+    OptionFormat("pid", "--tree", ("dump", "pre-dump")),
+    OptionFormat("prev_images_dir", "--prev-images-dir", ("dump", "pre-dump", "page-server")),
+    OptionFormat("track_mem", "--track-mem", ("dump", "pre-dump"), switch=True),
+    OptionFormat("leave_running", "--leave-running", ("dump",), switch=True),
+    OptionFormat("page_server", "--page-server", ("dump", "pre-dump", "lazy-pages"), switch=True),
+    # restore: pages come from the lazy-pages daemon; dump: network post-copy (serve pages);
+    # page-server: serve them lazily
+    OptionFormat("lazy_pages", "--lazy-pages", ("dump", "restore", "page-server"), switch=True),
+    OptionFormat("address", "--address", _IMAGE_ACTIONS, when=_talks_tcp),
+    OptionFormat("port", "--port", _IMAGE_ACTIONS, when=_talks_tcp),
+    OptionFormat("restore_detached", "--restore-detached", ("restore",), switch=True, default=True),
+    OptionFormat("daemon", "--daemon", ("page-server", "lazy-pages"), switch=True, default=True),
+    OptionFormat("pidfile", "--pidfile", ("restore", "page-server", "lazy-pages")),
+    OptionFormat("shell_job", "--shell-job", _TREE_ACTIONS, switch=True),
+    OptionFormat("ext_unix_sk", "--ext-unix-sk", _TREE_ACTIONS, switch=True),
+    OptionFormat("file_locks", "--file-locks", _TREE_ACTIONS, switch=True),
+    OptionFormat("link_remap", "--link-remap", _TREE_ACTIONS, switch=True),
+    OptionFormat("manage_cgroups", "--manage-cgroups={}", _TREE_ACTIONS, joined=True),
+    OptionFormat("tcp_established", "--tcp-established", ("dump", "restore"), switch=True),
+    OptionFormat("network_lock", "--network-lock", ("dump", "restore")),
+)
+# Options a call cannot do without.
+_REQUIRED = {"images_dir": _IMAGE_ACTIONS, "pid": ("dump", "pre-dump")}
+
+
 def build_criu_argv(criu_bin: str, action: str, opts: dict[str, Any]) -> list[str]:
-    """Build the argv of one CRIU call from the module's options.
+    """Build the argv of one CRIU call from the module's options (ARGV_FORMAT).
 
     `opts` uses the module's option names; options that do not apply to `action` are
     ignored, so a caller can pass one dict for a whole migration.
@@ -94,82 +157,25 @@ def build_criu_argv(criu_bin: str, action: str, opts: dict[str, Any]) -> list[st
         if opts.get("feature"):
             argv += ["--feature", str(opts["feature"])]
         return argv
-
-    images_dir = opts.get("images_dir")
-    if not images_dir:
-        raise ValueError(f"criu {action} needs images_dir")
-    argv += ["--images-dir", str(images_dir)]
-    if opts.get("work_dir"):
-        argv += ["--work-dir", str(opts["work_dir"])]
-    if opts.get("log_file"):
-        argv += ["--log-file", str(opts["log_file"])]
-    argv += [f"-v{int(opts.get('log_level', 4))}"]
-
-    if action in ("dump", "pre-dump"):
-        pid = opts.get("pid")
-        if not pid:
-            raise ValueError(f"criu {action} needs the pid of the process tree")
-        argv += ["--tree", str(int(pid))]
-        if opts.get("prev_images_dir"):
-            argv += ["--prev-images-dir", str(opts["prev_images_dir"])]
-        if opts.get("track_mem"):
-            argv.append("--track-mem")
-        if opts.get("page_server"):
-            argv += _address_port(opts, "--page-server")
-        if action == "dump":
-            if opts.get("leave_running"):
-                argv.append("--leave-running")
-            if opts.get("lazy_pages"):
-                # network post-copy: the dump serves pages to the destination's lazy-pages
-                argv += ["--lazy-pages", *_address_port(opts)]
-    elif action == "restore":
-        if opts.get("restore_detached", True):
-            argv.append("--restore-detached")
-        if opts.get("pidfile"):
-            argv += ["--pidfile", str(opts["pidfile"])]
-        if opts.get("lazy_pages"):
-            argv.append("--lazy-pages")
-    elif action == "page-server":
-        argv += _address_port(opts)
-        if opts.get("prev_images_dir"):
-            argv += ["--prev-images-dir", str(opts["prev_images_dir"])]
-        if opts.get("lazy_pages"):
-            argv.append("--lazy-pages")
-    elif action == "lazy-pages" and opts.get("page_server"):
-        argv += _address_port(opts, "--page-server")
-
-    if action in ("page-server", "lazy-pages"):
-        if opts.get("daemon", True):
-            argv.append("--daemon")
-        if opts.get("pidfile"):
-            argv += ["--pidfile", str(opts["pidfile"])]
-
-    if action in ("dump", "pre-dump", "restore"):
-        if opts.get("shell_job"):
-            argv.append("--shell-job")
-        if opts.get("ext_unix_sk"):
-            argv.append("--ext-unix-sk")
-        if opts.get("file_locks"):
-            argv.append("--file-locks")
-        if opts.get("link_remap"):
-            argv.append("--link-remap")
-        if opts.get("manage_cgroups"):
-            argv.append(f"--manage-cgroups={opts['manage_cgroups']}")
-    if action in ("dump", "restore"):
-        if opts.get("tcp_established"):
-            argv.append("--tcp-established")
-        if opts.get("network_lock"):
-            argv += ["--network-lock", str(opts["network_lock"])]
+    for option, actions in _REQUIRED.items():
+        if action in actions and not opts.get(option):
+            what = "the pid of the process tree" if option == "pid" else option
+            raise ValueError(f"criu {action} needs {what}")
+    for fmt in ARGV_FORMAT:
+        if action not in fmt.actions or (fmt.when is not None and not fmt.when(action, opts)):
+            continue
+        value = opts.get(fmt.option)
+        if value is None:
+            value = fmt.default
+        if fmt.switch:
+            argv += [fmt.flag] if value else []
+        elif value is None or value == "":
+            continue
+        elif fmt.joined:
+            argv.append(fmt.flag.format(int(value) if fmt.option == "log_level" else value))
+        else:
+            argv += [fmt.flag, str(int(value) if fmt.option in ("pid", "port") else value)]
     argv += [str(arg) for arg in opts.get("extra_args") or []]
-    return argv
-
-
-def _address_port(opts: dict[str, Any], flag: str | None = None) -> list[str]:
-    argv = [flag] if flag else []
-    if opts.get("address"):
-        argv += ["--address", str(opts["address"])]
-    if opts.get("port"):
-        argv += ["--port", str(int(opts["port"]))]
     return argv
 
 

@@ -2,26 +2,31 @@
 
 Pure functions over plain dicts, called by the preflight role through a filter plugin,
 before any host is touched. Every error names the bad value and the valid ones.
+
+One place per fact: every setting's default is in `group_vars/all.yml` (read here with
+`load_setting_defaults` only to fall back from an empty value); its type, range, choices
+and meaning are in `SETTINGS` below, from which the README's settings table is generated
+(`scripts/settings_table.py`). Transfer methods come from the backends' registry
+(module_utils/transfer_backends.py), pre-dump modes from the stop rule's
+(module_utils/predump_policy.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from predump_policy import MODES as PREDUMP_MODES
+from transfer_backends import COMPRESSIONS, METHODS, METHODS_NOT_YET
 from workload_registry import Param, Workload, coerce, param_errors, resolve_params
 
-STRATEGIES = ("predump", "full")
-TRANSFERS = ("rsync", "efs", "s3", "ebs")
-# Backends whose implementation has not landed yet: refused with that reason.
-TRANSFERS_NOT_YET = {"s3": "the S3 backend", "ebs": "the EBS backend"}
-# Options whose implementation has not landed yet: refused instead of silently ignored.
-OPTIONS_NOT_YET: dict[str, str] = {}
-COMPRESS_NOT_YET: dict[str, str] = {}
-PREDUMP_MODES = ("fixed", "adaptive")
+CHECKPOINT_STRATEGIES = ("predump", "full")
+# fused: final dump -> transfer -> restore in one call on the source (library/critical_path.py);
+# stepwise: one Ansible task per phase.
+CRITICAL_PATHS = ("fused", "stepwise")
 LAZY_PAGES_MODES = ("images", "network")
-COMPRESSIONS = ("none", "zstd")
 # restore_pid_busy: the restore fails; transfer_interrupt: the transfer's SSH link dies
 # midway; corrupt_image: a page image is altered on the destination after the transfer.
 FAULTS = ("none", "restore_pid_busy", "transfer_interrupt", "corrupt_image")
@@ -33,42 +38,121 @@ SSH_CIPHERS = (
     "aes192-ctr",
     "aes256-ctr",
 )
+# Variables the seed or older versions of the suite used, refused with the new name (a
+# value under the old name would otherwise be ignored without a word).
+RENAMED = {"strategy": "checkpoint_strategy"}
 
-# The experiment's own settings (not the workload's): type, limits, seed default.
+
+def setting(name: str, kind: str, help: str, **limits: Any) -> Param:
+    """A setting's type, limits and meaning; its default lives in group_vars/all.yml."""
+    return Param(name, kind, None, help=help, **limits)
+
+
+# The experiment's own settings (not the workload's).
 SETTINGS: dict[str, Param] = {
     spec.name: spec
     for spec in (
-        Param("experiment_name", "str", "default-experiment", pattern=r"[A-Za-z0-9._-]+"),
-        Param("checkpoint_strategy", "str", "predump", choices=STRATEGIES),
-        Param("predump_iterations", "int", 8, min=1, max=1000),
-        Param("predump_interval", "float", 10.0, min=0.0, unit="s"),
-        Param("predump_mode", "str", "fixed", choices=PREDUMP_MODES),
-        # predump_mode=adaptive's stop rule (module_utils/predump_policy.py)
-        Param("predump_min_pages", "int", 64, min=0),
-        Param("predump_skip_goal_pct", "float", 70.0, min=0.0, max=100.0, unit="%"),
-        Param("predump_max_growth_pct", "float", 10.0, min=-100.0, unit="%"),
-        Param("predump_deadline_s", "float", 0.0, min=0.0, unit="s"),
-        Param("predump_final_reserve_s", "float", 5.0, min=0.0, unit="s"),
-        Param("lazy_pages", "bool", False),
-        Param("lazy_pages_mode", "str", "images", choices=LAZY_PAGES_MODES),
-        Param("lazy_pages_port", "int", 27001, min=1, max=65535),
-        Param("page_server", "bool", False),
-        Param("page_server_port", "int", 27000, min=1, max=65535),
-        Param("transfer", "str", "rsync", choices=TRANSFERS),
-        Param("transfer_cipher", "str", "aes128-gcm@openssh.com", choices=SSH_CIPHERS),
-        Param("transfer_compress", "str", "none", choices=COMPRESSIONS),
-        Param("transfer_compress_level", "int", 3, min=1, max=19),
-        Param("transfer_verify", "bool", False),
-        Param("save_metrics", "bool", True),
-        Param("keep_images", "bool", False),
-        Param("keep_running", "bool", False),
-        Param("post_restore_capture_s", "float", 6.0, min=0.0, max=3600.0, unit="s"),
-        Param("ready_timeout_s", "float", 120.0, min=1.0, unit="s"),
-        Param("deadline_s", "float", 0.0, min=0.0, unit="s"),
+        setting("experiment_name", "str", "the experiment's name (metrics.json, summary)",
+                pattern=r"[A-Za-z0-9._-]+"),
+        setting("workload", "str", "the workload to migrate (workloads/<name>.yml)"),
+        setting("save_metrics", "bool", "write metrics.json (false: only the summary is printed)"),
+        setting("checkpoint_strategy", "str",
+                "predump: N pre-dumps then a small final dump (needs soft-dirty tracking); "
+                "full: one dump", choices=CHECKPOINT_STRATEGIES),
+        setting("critical_path", "str",
+                "fused: final dump, transfer and restore in one call on the source, the "
+                "destination prepared before the freeze, every critical-path timestamp on the "
+                "source's clock; stepwise: one Ansible task per phase (to watch each phase; its "
+                "downtime includes Ansible's time between tasks, reported as the orchestration "
+                "gap)", choices=CRITICAL_PATHS),
+        setting("predump_iterations", "int",
+                "pre-dump count (at most, when adaptive); each pre-dump is sent to the "
+                "destination at once, while the workload runs", min=1, max=1000),
+        setting("predump_interval", "float", "pre-dump spacing, start to start", min=0.0,
+                unit="s"),
+        setting("predump_mode", "str",
+                "fixed: always predump_iterations; adaptive: stop earlier by the rule of "
+                "module_utils/predump_policy.py (the reason in phases.predump.stop)",
+                choices=PREDUMP_MODES),
+        setting("predump_min_pages", "int",
+                "adaptive: stop after a pre-dump of at most this many pages (p.haul)", min=0),
+        setting("predump_skip_goal_pct", "float",
+                "adaptive: stop when at least this % of the pages were unchanged since the "
+                "previous pre-dump (LXD's migration.incremental.memory.goal)",
+                min=0.0, max=100.0, unit="%"),
+        setting("predump_max_growth_pct", "float",
+                "adaptive: stop when the dirty set grew by more than this % (p.haul; 0: as "
+                "soon as it stops shrinking)", min=-100.0, unit="%"),
+        setting("predump_deadline_s", "float",
+                "adaptive: stop when another iteration would not leave time for the final "
+                "dump, its transfer and the restore within this budget on the deadline clock "
+                "(0: deadline_s when set, else no deadline rule)", min=0.0, unit="s"),
+        setting("predump_final_reserve_s", "float",
+                "adaptive: time kept for the restore and orchestration when the deadline rule "
+                "prices the final phase", min=0.0, unit="s"),
+        setting("lazy_pages", "bool",
+                "restore at once, the rest of the pages faulted in by criu lazy-pages "
+                "(userfaultfd) on the destination"),
+        setting("lazy_pages_mode", "str",
+                "images: pages served from the transferred images; network: post-copy, the "
+                "dump keeps the pages on the source and serves them (not with page_server)",
+                choices=LAZY_PAGES_MODES),
+        setting("lazy_pages_port", "int", "TCP port of network post-copy", min=1, max=65535),
+        setting("page_server", "bool",
+                "the dump streams its pages over TCP to criu page-server on the destination; "
+                "only the small image files go through the transfer"),
+        setting("page_server_port", "int", "TCP port of the page server", min=1, max=65535),
+        setting("transfer", "str",
+                "rsync: source -> destination over SSH; efs: the dump writes the images onto "
+                "the filesystem both hosts mount at efs_mount_path (lab: /mnt/criu-shared) and "
+                "the destination restores them from there, only the working directory is "
+                "copied through it (docs/transfer.md)", choices=METHODS),
+        setting("transfer_cipher", "str", "SSH cipher of the transfer", choices=SSH_CIPHERS),
+        setting("transfer_compress", "str",
+                "zstd: a tar | zstd -T0 -<level> | ssh | zstd -d | tar -x stream instead of "
+                "rsync; metrics.json gets the ratio and MB/s before and after compression",
+                choices=COMPRESSIONS),
+        setting("transfer_compress_level", "int", "zstd level", min=1, max=19),
+        setting("transfer_verify", "bool",
+                "sha256 of every sent file on the source (during the send), compared on the "
+                "destination before the restore: a mismatch fails the run naming the file, and "
+                "the workload is restored on the source; not applicable to efs or to page "
+                "images sent to a page server (the result says so)"),
+        setting("keep_images", "bool", "keep images on the hosts and page images in the results"),
+        setting("keep_running", "bool", "leave the restored workload running (a real migration)"),
+        setting("post_restore_capture_s", "float",
+                "observation window after the restore (strace capture)", min=0.0, max=3600.0,
+                unit="s"),
+        setting("ready_timeout_s", "float", "time the workload may take to write checkpoint_ready",
+                min=1.0, unit="s"),
+        setting("deadline_s", "float",
+                "a deadline of your own, judged beside AWS 120 s / GCP 30 s / Azure 30 s",
+                min=0.0, unit="s"),
         # Failure-path experiments: make a phase fail for real (see library/fault_inject.py).
-        Param("inject_fault", "str", "none", choices=FAULTS),
+        setting("inject_fault", "str",
+                "make a phase fail for real (tests the rollback): restore_pid_busy (the "
+                "workload's PID is taken on the destination), transfer_interrupt (the "
+                "transfer's SSH connection is killed midway), corrupt_image (a byte of a page "
+                "image flips on the destination after the transfer: transfer_verify catches "
+                "it)", choices=FAULTS),
     )
-}
+}  # fmt: skip
+
+# The variable holding per-inventory workload parameter defaults, by workload
+# ({memory: {mb_size: 64}, ...}): below -e and presets, above the declarations' defaults.
+WORKLOAD_DEFAULTS = "workload_defaults"
+
+
+# group_vars/all.yml of this checkout (this file runs on the control node only).
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "group_vars" / "all.yml"
+
+
+def load_setting_defaults(path: str | Path = DEFAULTS_FILE) -> dict[str, Any]:
+    """The settings' defaults from group_vars/all.yml (the one place they are written)."""
+    import yaml  # controller-side only
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return {name: data[name] for name in SETTINGS if name in data}
 
 
 @dataclass
@@ -77,6 +161,7 @@ class Plan:
     settings: dict[str, Any] = field(default_factory=dict)
     workload_params: dict[str, Any] = field(default_factory=dict)
     pairs: list[dict[str, str]] = field(default_factory=list)
+    flags: dict[str, bool] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,7 +170,33 @@ class Plan:
             "settings": self.settings,
             "workload_params": self.workload_params,
             "pairs": self.pairs,
+            "flags": self.flags,
         }
+
+
+def migration_flags(settings: Mapping[str, Any], workload: Workload | None) -> dict[str, bool]:
+    """What the roles branch on, derived once from the settings and the workload."""
+    criu = workload.criu if workload is not None else {}
+    return {
+        # the final dump builds on the last pre-dump (--track-mem, --prev-images-dir)
+        "incremental": settings.get("checkpoint_strategy") == "predump",
+        # network post-copy: the dump serves the pages from the source
+        "lazy_network": bool(settings.get("lazy_pages"))
+        and settings.get("lazy_pages_mode") == "network",
+        # the workload holds established TCP connections (CRIU's network lock)
+        "tcp_established": bool(criu.get("tcp_established")),
+        "file_locks": bool(criu.get("file_locks")),
+        "fused": settings.get("critical_path") == "fused",
+    }
+
+
+def _address(host: str, host_var: Callable[[str, str], Any], *names: str) -> str:
+    """The first of `names` the host sets (stripped), else its inventory name."""
+    for name in names:
+        value = host_var(host, name)
+        if value is not None:
+            return str(value).strip()
+    return host
 
 
 def plan_pairs(
@@ -94,7 +205,10 @@ def plan_pairs(
     """Source/destination pairs from the inventory, with what is wrong with it.
 
     Each source names its destination in `migration_peer`; with exactly one destination
-    the peer may be omitted.
+    the peer may be omitted. Each pair carries both hosts' connection addresses
+    (`<side>_address`: ansible_host, how Ansible reaches them) and link addresses
+    (`<side>_link_address`: migration_address, else ansible_host: where the migration's
+    own traffic goes), and the login the source uses on the destination.
     """
     errors: list[str] = []
     sources = list(groups.get("source") or [])
@@ -143,12 +257,84 @@ def plan_pairs(
     for pair in pairs:
         for side in ("source", "destination"):
             host = pair[side]
-            address = host_var(host, "ansible_host")
-            address = host if address is None else str(address).strip()
-            if not address:
-                errors.append(f"host {host} has an empty address (ansible_host)")
+            address = _address(host, host_var, "ansible_host")
+            link = _address(host, host_var, "migration_address", "ansible_host")
+            if not address or not link:
+                errors.append(
+                    f"host {host} has an empty address (ansible_host / migration_address)"
+                )
             pair[f"{side}_address"] = address
+            pair[f"{side}_link_address"] = link
+        pair["destination_user"] = str(host_var(pair["destination"], "ansible_user") or "root")
+        # transfer=efs: where the shared filesystem is mounted (transfer_errors checks it)
+        pair["efs_mount_path"] = str(host_var(pair["source"], "efs_mount_path") or "")
+        # the SSH trust the source's transfers use to reach the destination
+        for key, name in (
+            ("ssh_key", "migration_ssh_key"),
+            ("known_hosts", "migration_known_hosts"),
+        ):
+            pair[key] = str(host_var(pair["source"], name) or "")
     return pairs, errors
+
+
+def plan_settings(
+    variables: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """Every setting typed and checked; an empty value falls back to its default."""
+    settings: dict[str, Any] = {}
+    errors: list[str] = []
+    for old, new in RENAMED.items():
+        if variables.get(old) not in (None, ""):
+            errors.append(
+                f"{old}={variables[old]!r} is not read: the setting is called {new} "
+                f"(`{old}` is an Ansible play keyword); use -e {new}={variables[old]}"
+            )
+    for name, spec in SETTINGS.items():
+        value = variables.get(name)
+        if value is None or value == "":
+            value = defaults.get(name)
+        if value is None:
+            errors.append(
+                f"{name} has no value: group_vars/all.yml gives every setting its default "
+                "(run the suite's playbooks from its folder, with its ansible.cfg)"
+            )
+            continue
+        problems = param_errors(spec, value)
+        if problems:
+            errors.extend(problems)
+        else:
+            settings[name] = coerce(spec, value)
+    return settings, errors
+
+
+def workload_overrides(
+    variables: Mapping[str, Any], workload: Workload, registry: Mapping[str, Workload]
+) -> tuple[dict[str, Any], list[str]]:
+    """The values of the workload's parameters given for this run: the inventory's
+    `workload_defaults` for this workload, then any variable of the parameter's own name
+    (-e, presets) on top."""
+    errors: list[str] = []
+    scoped = variables.get(WORKLOAD_DEFAULTS) or {}
+    if not isinstance(scoped, Mapping):
+        return {}, [f"{WORKLOAD_DEFAULTS} must map workload names to parameters, not {scoped!r}"]
+    for name, params in scoped.items():
+        if name not in registry:
+            errors.append(
+                f"{WORKLOAD_DEFAULTS} names workload {name!r}, which is unknown; "
+                f"valid: {', '.join(sorted(registry))}"
+            )
+            continue
+        unknown = sorted(set(params or {}) - set(registry[name].params))
+        if unknown:
+            errors.append(
+                f"{WORKLOAD_DEFAULTS}.{name}: {', '.join(unknown)} is not a parameter of "
+                f"workload {name} (valid: {', '.join(registry[name].params)})"
+            )
+    overrides = dict(scoped.get(workload.name) or {})
+    for name in workload.params:
+        if variables.get(name) is not None:
+            overrides[name] = variables[name]
+    return overrides, errors
 
 
 def plan_experiment(
@@ -156,37 +342,25 @@ def plan_experiment(
     registry: Mapping[str, Workload],
     groups: Mapping[str, list[str]],
     host_var: Callable[[str, str], Any],
+    defaults: Mapping[str, Any] | None = None,
 ) -> Plan:
-    """Validate everything the preflight can check without touching a host."""
+    """Validate everything the preflight can check without touching a host.
+
+    `defaults`: the settings' defaults (None: read from group_vars/all.yml).
+    """
+    defaults = load_setting_defaults() if defaults is None else defaults
     plan = Plan()
-    workload_name = str(variables.get("workload", "memory"))
-    plan.settings["workload"] = workload_name
+    plan.settings, plan.errors = plan_settings(variables, defaults)
+    workload_name = str(variables.get("workload") or defaults.get("workload"))
     if workload_name not in registry:
         plan.errors.append(
             f"workload={workload_name!r} is unknown; valid: {', '.join(sorted(registry))}"
         )
-    for name, spec in SETTINGS.items():
-        value = variables.get(name, spec.default)
-        if value is None or value == "":
-            value = spec.default
-        problems = param_errors(spec, value)
-        if problems:
-            plan.errors.extend(problems)
-        else:
-            plan.settings[name] = coerce(spec, value)
     transfer = plan.settings.get("transfer")
-    if transfer in TRANSFERS_NOT_YET:
+    if transfer in METHODS_NOT_YET:
         plan.errors.append(
-            f"transfer={transfer} is not available yet ({TRANSFERS_NOT_YET[transfer]} has not "
-            f"landed); available: {', '.join(t for t in TRANSFERS if t not in TRANSFERS_NOT_YET)}"
-        )
-    for option, what in OPTIONS_NOT_YET.items():
-        if plan.settings.get(option):
-            plan.errors.append(f"{option}=true is not available yet ({what} has not landed)")
-    compress = plan.settings.get("transfer_compress")
-    if compress in COMPRESS_NOT_YET:
-        plan.errors.append(
-            f"transfer_compress={compress} is not available yet ({COMPRESS_NOT_YET[compress]} has not landed)"
+            f"transfer={transfer} is not available yet ({METHODS_NOT_YET[transfer]} has not "
+            f"landed); available: {', '.join(m for m in METHODS if m not in METHODS_NOT_YET)}"
         )
     if (
         plan.settings.get("page_server")
@@ -205,11 +379,14 @@ def plan_experiment(
         plan.errors.append(f"page_server_port={port} and lazy_pages_port={port} must differ")
     if workload_name in registry:
         workload = registry[workload_name]
-        plan.workload_params, errors = resolve_params(workload, variables)
+        overrides, errors = workload_overrides(variables, workload, registry)
+        plan.errors.extend(errors)
+        plan.workload_params, errors = resolve_params(workload, overrides)
         plan.errors.extend(errors)
     plan.pairs, errors = plan_pairs(groups, host_var)
     plan.errors.extend(errors)
     plan.errors.extend(transfer_errors(plan.settings, plan.pairs, host_var))
+    plan.flags = migration_flags(plan.settings, registry.get(workload_name))
     return plan
 
 
@@ -285,7 +462,11 @@ def gating_errors(
     kernel = str(facts.get("kernel", "unknown"))
     if not facts.get("usable"):
         errors.append(f"CRIU on {host} does not pass `criu check`: {facts.get('check_summary')}")
-    if role == "source" and settings.get("checkpoint_strategy") == "predump" and not facts.get("soft_dirty"):
+    if (
+        role == "source"
+        and settings.get("checkpoint_strategy") == "predump"
+        and not facts.get("soft_dirty")
+    ):
         errors.append(
             _feature_error(
                 host, kernel, "checkpoint_strategy=predump",

@@ -2,18 +2,16 @@
 
 `library/local_lab.py` and `library/guest_lab.py` build on `LabBase`: commands, the state
 file, SSH keys, the private bridge (with its fixed MAC, refusing a subnet another link
-already has), and waiting for processes and sshd. Standard library only.
+already has), and whether sshd answers. The labs start, watch and stop processes with
+`module_utils/processes.py`. Standard library only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
-import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +22,8 @@ class LabError(Exception):
     """A lab operation that failed, with what to tell the user."""
 
 
-def process_running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (reaping it when it is our child)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_gone(pids: list[int], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while process_running(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+# How long a lab waits for the processes it killed to be gone.
+GONE_TIMEOUT_S = 15.0
 
 
 def ssh_banner(address: str, timeout: float) -> bool:

@@ -3,18 +3,24 @@
 The callback (callback_plugins/migration_metrics.py) only collects events; every number in
 `metrics.json` is computed here, in plain functions that the unit tests exercise.
 Times are seconds, sizes bytes, rates MB/s (10^6 bytes per second).
+
+Nothing is made up: a phase of which nothing was recorded (no pre-dump in a full dump, no
+dump in a run that failed before it) is absent from `phases`, and a figure of a present
+phase that was not measured is null; the summary shows either as `n/a`, never as 0.00s.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Spot termination notices (seconds): AWS gives 120 s, GCP Spot and Azure Spot 30 s.
 CLOUD_DEADLINES_S = {"aws_120s": 120.0, "gcp_30s": 30.0, "azure_30s": 30.0}
 
-# Which phase a role's tasks belong to (STYLE.md: phases come from what a task is).
+# Which phase a role's tasks belong to: a task's phase comes from the role it belongs to,
+# never from its name.
 ROLE_PHASES = {
     "preflight": "preflight",
     "criu": "node_checks",
@@ -26,6 +32,7 @@ ROLE_PHASES = {
     "checkpoint_dump": "final_dump",
     "checkpoint_transfer": "transfer",
     "checkpoint_restore": "restore",
+    "critical_path": "critical_path",
     "workload_capture": "capture",
     "workload_verify": "verification",
     "migration_rollback": "rollback",
@@ -116,7 +123,10 @@ def deadline_verdicts(
     return verdicts
 
 
-def _predump_section(pair: PairRecord) -> dict[str, Any]:
+def _predump_section(pair: PairRecord) -> dict[str, Any] | None:
+    """The pre-dumps; None when none was recorded (a full dump, or a run that failed first)."""
+    if not pair.phases.get("predump"):
+        return None
     # each pre-dump's own transfer (stage predump-<n>), sent while the workload ran
     sent = {
         t.get("stage"): t
@@ -124,7 +134,7 @@ def _predump_section(pair: PairRecord) -> dict[str, Any]:
         if str(t.get("stage", "")).startswith("predump-")
     }
     iterations = []
-    for index, data in enumerate(pair.phases.get("predump", []), start=1):
+    for index, data in enumerate(pair.phases["predump"], start=1):
         stats = data.get("stats", {})
         number = data.get("index", index)
         iteration = {
@@ -151,7 +161,7 @@ def _predump_section(pair: PairRecord) -> dict[str, Any]:
     section: dict[str, Any] = {
         "iterations": iterations,
         "total_s": total,
-        "average_s": round(total / len(iterations), 6) if iterations else 0.0,
+        "average_s": round(total / len(iterations), 6),
     }
     stop = pair.last("predump_stop")
     if stop:
@@ -159,21 +169,35 @@ def _predump_section(pair: PairRecord) -> dict[str, Any]:
     return section
 
 
-def _final_dump_section(pair: PairRecord) -> dict[str, Any]:
+def _final_dump_section(pair: PairRecord) -> dict[str, Any] | None:
+    """The final dump; None when no dump was recorded (the run failed before it, or in it).
+
+    CRIU's figures come from its stats-dump: null where it wrote none (a post-copy dump
+    that still serves its pages, a lost stats image).
+    """
+    if not pair.phases.get("final_dump"):
+        return None
     dump = pair.last("final_dump")
-    stats = dump.get("stats", {})
+    stats = dump.get("stats") or {}
     return {
-        "duration_s": dump.get("duration_s", 0.0),
-        "frozen_s": stats.get("frozen_s", 0.0),
-        "pages_written": stats.get("pages_written", 0),
-        "bytes": stats.get("bytes_written", 0),
+        "duration_s": dump.get("duration_s"),
+        "frozen_s": stats.get("frozen_s"),
+        "pages_written": stats.get("pages_written"),
+        "bytes": stats.get("bytes_written"),
         "started_at": iso_utc(dump.get("started_at")),
         "stats": stats,
     }
 
 
-def _transfer_section(pair: PairRecord, method: str) -> dict[str, Any]:
+def _transfer_section(pair: PairRecord, method: str) -> dict[str, Any] | None:
+    """The final transfer, with the pre-dumps' transfers beside it; None when none was recorded.
+
+    When only pre-dumps' transfers were recorded (the run stopped before the final one), the
+    final transfer's figures are null.
+    """
     transfers = pair.phases.get("transfer", [])
+    if not transfers:
+        return None
     # A two-sided or verified transfer reports twice: its send, then the receive's record of
     # the whole transfer (send + receive + check). The last record of a stage is the whole;
     # the paths each made exist on the destination are united.
@@ -184,17 +208,21 @@ def _transfer_section(pair: PairRecord, method: str) -> dict[str, Any]:
         by_stage[stage] = (
             {**transfer, "dest_paths": list(dict.fromkeys(paths))} if paths else transfer
         )
-    main = by_stage.get("final", {})
-    section = {
-        "method": main.get("method", method),
-        "duration_s": main.get("duration_s", 0.0),
-        "bytes": main.get("bytes", 0),
-        "files": main.get("files", 0),
-        "throughput_mb_s": throughput_mb_s(main.get("bytes", 0), main.get("duration_s", 0.0)),
-    }
-    for key, value in main.items():
-        if key not in section and key not in ("host", "stage"):
-            section[key] = value
+    main = by_stage.get("final")
+    section: dict[str, Any]
+    if main is None:
+        section = dict.fromkeys(("method", "duration_s", "bytes", "files", "throughput_mb_s"))
+    else:
+        section = {
+            "method": main.get("method", method),
+            "duration_s": main.get("duration_s", 0.0),
+            "bytes": main.get("bytes", 0),
+            "files": main.get("files", 0),
+            "throughput_mb_s": throughput_mb_s(main.get("bytes", 0), main.get("duration_s", 0.0)),
+        }
+        for key, value in main.items():
+            if key not in section and key not in ("host", "stage"):
+                section[key] = value
     incremental = [t for stage, t in by_stage.items() if stage != "final"]
     if incremental:
         section["predump_transfers"] = [
@@ -203,24 +231,54 @@ def _transfer_section(pair: PairRecord, method: str) -> dict[str, Any]:
     return section
 
 
-def _restore_section(pair: PairRecord) -> dict[str, Any]:
+def _restore_section(pair: PairRecord) -> dict[str, Any] | None:
+    """The restore, with the page server's and the lazy-pages daemon's figures.
+
+    None when neither the restore nor a daemon was recorded; when only a daemon was (the
+    restore failed, or the dump did), the restore's own figures are null.
+    """
+    daemons = [extra for extra in ("page_server", "lazy_pages") if pair.phases.get(extra)]
+    if not pair.phases.get("restore") and not daemons:
+        return None
     restore = pair.last("restore")
     section = {
-        "duration_s": restore.get("duration_s", 0.0),
+        "duration_s": restore.get("duration_s"),
         "finished_at": iso_utc(restore.get("finished_at")),
         "pid": restore.get("pid"),
         "stats": restore.get("stats", {}),
     }
-    for extra in ("lazy_pages", "page_server"):
-        if pair.phases.get(extra):
-            section[extra] = {k: v for k, v in pair.last(extra).items() if k != "host"}
+    for extra in daemons:
+        section[extra] = {k: v for k, v in pair.last(extra).items() if k != "host"}
     return section
 
 
+def phase_sections(pair: PairRecord, transfer_method: str = "") -> dict[str, Any]:
+    """`metrics.json`'s `phases`: only those of which something was recorded."""
+    sections = {
+        "predump": _predump_section(pair),
+        "final_dump": _final_dump_section(pair),
+        "transfer": _transfer_section(pair, transfer_method),
+        "restore": _restore_section(pair),
+    }
+    return {name: section for name, section in sections.items() if section is not None}
+
+
+def on_source_clock(record: dict[str, Any], key: str, offsets: dict[str, Any]) -> float | None:
+    """A record's epoch stamp on the source's clock: a stamp the destination took is
+    corrected by the measured destination-minus-source offset (the fused path stamps every
+    critical-path step on the source: `clock: source`)."""
+    value = record.get(key)
+    if value is None:
+        return None
+    if record.get("clock") == "source" or record.get("host") != offsets.get("destination_host"):
+        return float(value)
+    return float(value) - float(offsets.get("destination_minus_source_s") or 0.0)
+
+
 def migration_window(
-    pair: PairRecord, notice_at: float | None = None
+    pair: PairRecord, notice_at: float | None = None, offsets: dict[str, Any] | None = None
 ) -> tuple[float | None, float | None]:
-    """(start, end) of the deadline clock, epoch seconds.
+    """(start, end) of the deadline clock, epoch seconds on the source's clock.
 
     Start: the notice's arrival when a spot notice triggered the migration, else the start
     of the first checkpoint operation (first pre-dump, or the dump). End: the restored
@@ -232,8 +290,52 @@ def migration_window(
     ]
     starts = [s for s in starts if s]
     start = notice_at if notice_at else (min(starts) if starts else None)
-    end = pair.last("restore").get("finished_at")
+    end = on_source_clock(pair.last("restore"), "finished_at", offsets or {})
     return start, end
+
+
+def critical_path_figures(pair: PairRecord, offsets: dict[str, Any]) -> dict[str, Any]:
+    """Downtime on one clock, and how much of it is orchestration rather than the phases.
+
+    fused: the critical_path module timed dump start -> restore done on the source's
+    monotonic clock. stepwise: the dump's start on the source's clock to the restore's end
+    on the destination's, corrected by the measured clock offset (its uncertainty beside
+    it). orchestration_gap_s: downtime minus the sum of the final dump, the final transfer
+    and the restore - the time between them (Ansible's task boundaries when stepwise).
+    """
+    dump, restore = pair.last("final_dump"), pair.last("restore")
+    transfer = next(
+        (
+            t
+            for t in reversed(pair.phases.get("transfer", []))
+            if t.get("stage", "final") == "final"
+        ),
+        {},
+    )
+    durations = [r.get("duration_s") for r in (dump, transfer, restore) if r]
+    phases_s = round(sum(float(d) for d in durations if d is not None), 6) if durations else None
+    fused = pair.last("critical_path")
+    figures: dict[str, Any] = {"path": "fused" if fused else "stepwise", "phases_s": phases_s}
+    if fused:
+        downtime = fused.get("downtime_s")
+        figures.update(clock=fused.get("clock"), uncertainty_s=0.0, steps=fused.get("steps"))
+    else:
+        end = on_source_clock(restore, "finished_at", offsets)
+        start = dump.get("started_at")
+        downtime = round(end - float(start), 6) if end is not None and start else None
+        corrected = restore.get("host") == offsets.get("destination_host")
+        figures.update(
+            clock="the source's (the restore's end corrected by the measured clock offset)"
+            if corrected
+            else "the source's",
+            uncertainty_s=offsets.get("uncertainty_s") if corrected else 0.0,
+            offset_applied_s=offsets.get("destination_minus_source_s") if corrected else 0.0,
+        )
+    figures["downtime_s"] = downtime
+    figures["orchestration_gap_s"] = (
+        round(downtime - phases_s, 6) if downtime is not None and phases_s is not None else None
+    )
+    return figures
 
 
 def clock_offsets(pair: PairRecord) -> dict[str, Any]:
@@ -258,6 +360,7 @@ def clock_offsets(pair: PairRecord) -> dict[str, Any]:
             "uncertainty_s": round((read["control_end"] - read["control_start"]) / 2, 6),
             "ntp_synchronized": read.get("ntp_synchronized"),
         }
+    offsets["destination_host"] = pair.destination
     if "source" in offsets and "destination" in offsets:
         offsets["destination_minus_source_s"] = round(
             offsets["destination"]["offset_s"] - offsets["source"]["offset_s"], 6
@@ -332,152 +435,270 @@ def _task_of(pair: PairRecord, phase: str, call: dict[str, Any]) -> TaskRecord |
     return None
 
 
+@dataclass(frozen=True)
+class CriuCall:
+    """One CRIU call (or daemon) whose figures are cross-checked."""
+
+    kind: str  # dump | restore | page_server | lazy_pages: which checks apply
+    what: str  # how the messages name it: "pre-dump 2", "final dump", "rollback restore"
+    phase: str  # the phase its warnings are filed under
+    record: dict[str, Any]  # what the callback recorded for it
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """CRIU's stats image of the call, decoded; empty when CRIU wrote none."""
+        return self.record.get("stats") or {}
+
+
+def criu_calls(pair: PairRecord) -> list[CriuCall]:
+    """Every CRIU call and daemon recorded for the pair, in the order their checks report."""
+    calls = [
+        CriuCall("dump", f"pre-dump {index}", "predump", record)
+        for index, record in enumerate(pair.phases.get("predump", []), start=1)
+    ]
+    if pair.phases.get("final_dump"):
+        calls.append(CriuCall("dump", "final dump", "final_dump", pair.last("final_dump")))
+    for what, phase in (("restore", "restore"), ("rollback restore", "rollback")):
+        # a post-copy dump that gave up unfroze the tasks: no CRIU restore ran
+        if pair.phases.get(phase) and not pair.last(phase).get("resumed_on_source"):
+            calls.append(CriuCall("restore", what, phase, pair.last(phase)))
+    for daemon in ("page_server", "lazy_pages"):
+        if pair.phases.get(daemon):
+            calls.append(CriuCall(daemon, daemon.replace("_", " "), daemon, pair.last(daemon)))
+    return calls
+
+
+def _warning(check: str, call: CriuCall, message: str, **figures: Any) -> dict[str, Any]:
+    return {
+        "check": check,
+        "phase": call.phase,
+        "host": call.record.get("host"),
+        "message": message,
+    } | figures
+
+
+def _far(a: float, b: float) -> bool:
+    """Whether two page or byte counts that must agree differ beyond PAGE_COUNT_TOLERANCE."""
+    return abs(a - b) > PAGE_COUNT_TOLERANCE * max(a, b, 1)
+
+
+def _dump_task(pair: PairRecord, call: CriuCall) -> TaskRecord | None:
+    """The Ansible task of a dump that has its stats image.
+
+    None for a post-copy dump (its task returns while the dump still serves pages) and for
+    a dump without stats (only check_stats_missing applies to it).
+    """
+    if not call.stats or call.record.get("lazy_network"):
+        return None
+    return _task_of(pair, call.phase, call.record)
+
+
+def _final_dump_stats(pair: PairRecord) -> dict[str, Any]:
+    return pair.last("final_dump").get("stats") or {}
+
+
+def check_stats_missing(pair: PairRecord, call: CriuCall) -> list[dict[str, Any]]:
+    """A dump or restore without its stats image: only the suite's timings remain."""
+    if call.stats:
+        return []
+    message = (
+        f"CRIU wrote no stats-{call.kind} for the {call.what}: only the suite's timings remain"
+    )
+    return [_warning("stats_missing", call, message)]
+
+
+def check_frozen_vs_call(pair: PairRecord, call: CriuCall) -> list[dict[str, Any]]:
+    """CRIU's frozen time longer than the dump call itself."""
+    frozen = call.stats.get("frozen_s")
+    # A post-copy dump keeps its tasks frozen until the destination fetched the last page.
+    limit = call.record.get("served_s" if call.record.get("lazy_network") else "duration_s")
+    if frozen is None or limit is None or frozen <= limit + STATS_TOLERANCE_S:
+        return []
+    message = (
+        f"CRIU's frozen time for the {call.what} ({frozen:.3f}s) is longer than the CRIU "
+        f"call itself ({limit:.3f}s)"
+    )
+    return [_warning("frozen_vs_call", call, message, frozen_s=frozen, call_s=limit)]
+
+
+def check_frozen_vs_task(pair: PairRecord, call: CriuCall) -> list[dict[str, Any]]:
+    """CRIU's frozen time longer than the Ansible task that ran the dump."""
+    task, frozen = _dump_task(pair, call), call.stats.get("frozen_s")
+    if task is None or frozen is None:
+        return []
+    task_s = round(task.duration_s, 6)
+    if frozen <= task_s + STATS_TOLERANCE_S:
+        return []
+    message = (
+        f"CRIU's frozen time for the {call.what} ({frozen:.3f}s) is longer than its "
+        f"task '{task.task}' ({task_s:.3f}s)"
+    )
+    return [_warning("frozen_vs_task", call, message, frozen_s=frozen, task_s=task_s)]
+
+
+def check_call_vs_task(pair: PairRecord, call: CriuCall) -> list[dict[str, Any]]:
+    """A dump call longer than the Ansible task around it: the clocks disagree."""
+    task, duration = _dump_task(pair, call), call.record.get("duration_s")
+    if task is None or duration is None:
+        return []
+    task_s = round(task.duration_s, 6)
+    if duration <= task_s + STATS_TOLERANCE_S:
+        return []
+    message = (
+        f"the {call.what}'s CRIU call ({duration:.3f}s) took longer than its task "
+        f"'{task.task}' ({task_s:.3f}s): are the clocks right?"
+    )
+    return [_warning("call_vs_task", call, message, call_s=duration, task_s=task_s)]
+
+
+def check_pages_written_vs_scanned(pair: PairRecord, call: CriuCall) -> list[dict[str, Any]]:
+    """More pages written than scanned in one dump."""
+    scanned, written = call.stats.get("pages_scanned"), call.stats.get("pages_written")
+    if scanned is None or written is None or written <= scanned:
+        return []
+    message = f"CRIU wrote more pages ({written}) than it scanned ({scanned}) in the {call.what}"
+    return [_warning("pages_written_vs_scanned", call, message)]
+
+
+def check_restore_longer_than_call(pair: PairRecord, call: CriuCall) -> list[dict[str, Any]]:
+    """CRIU's restore_time longer than the restore call itself."""
+    restore_s, duration = call.stats.get("restore_s"), call.record.get("duration_s")
+    if restore_s is None or duration is None or restore_s <= duration + STATS_TOLERANCE_S:
+        return []
+    message = (
+        f"CRIU's restore time ({restore_s:.3f}s) is longer than the {call.what} call "
+        f"({duration:.3f}s)"
+    )
+    return [_warning("restore_vs_call", call, message, restore_s=restore_s, call_s=duration)]
+
+
+def check_restore_far_shorter_than_call(pair: PairRecord, call: CriuCall) -> list[dict[str, Any]]:
+    """A restore call that spent far longer than CRIU's restore_time (RESTORE_GAP_*)."""
+    restore_s, duration = call.stats.get("restore_s"), call.record.get("duration_s")
+    if restore_s is None or duration is None:
+        return []
+    if duration - restore_s <= max(RESTORE_GAP_S, RESTORE_GAP_FRACTION * duration):
+        return []
+    message = (
+        f"the {call.what} call took {duration:.3f}s but CRIU's restore time is "
+        f"{restore_s:.3f}s: {duration - restore_s:.3f}s went elsewhere (start-up, "
+        "image reads, a slow page source)"
+    )
+    return [_warning("restore_vs_call", call, message, restore_s=restore_s, call_s=duration)]
+
+
+def check_page_server_incomplete(pair: PairRecord, call: CriuCall) -> list[dict[str, Any]]:
+    """A page server that did not see the dump's session through."""
+    server = call.record
+    if server.get("finished") and server.get("session_complete"):
+        return []
+    message = "the page server did not see the dump's session through" + (
+        f": {server['error']}" if server.get("error") else ""
+    )
+    return [_warning("page_server_incomplete", call, message)]
+
+
+def check_page_server_bytes(pair: PairRecord, call: CriuCall) -> list[dict[str, Any]]:
+    """The page server received other than the bytes of pages the dump wrote."""
+    received = call.record.get("bytes_received")
+    written = _final_dump_stats(pair).get("bytes_written")
+    if received is None or written is None or not _far(received, written):
+        return []
+    message = (
+        f"the page server received {received} bytes of pages, the dump reports {written} written"
+    )
+    return [
+        _warning(
+            "page_server_bytes",
+            call,
+            message,
+            bytes_received=received,
+            bytes_written=written,
+        )
+    ]
+
+
+def check_lazy_pages_incomplete(pair: PairRecord, call: CriuCall) -> list[dict[str, Any]]:
+    """A lazy-pages daemon that stopped before it served every page."""
+    lazy = call.record
+    if lazy.get("finished") and lazy.get("complete"):
+        return []
+    message = (
+        f"the lazy-pages daemon served {lazy.get('pages_lazy_served')} of "
+        f"{lazy.get('pages_lazy_total')} pages"
+        + (f": {lazy['error']}" if lazy.get("error") else "")
+    )
+    return [_warning("lazy_pages_incomplete", call, message)]
+
+
+def check_lazy_pages_count(pair: PairRecord, call: CriuCall) -> list[dict[str, Any]]:
+    """Pages restored plus pages served lazily differing from the pages dumped."""
+    if pair.phases.get("predump"):
+        return []  # the restore also reads the pre-dumps' pages: no single dump to match
+    restored = (pair.last("restore").get("stats") or {}).get("pages_restored")
+    served = call.record.get("pages_lazy_served")
+    dump_stats = _final_dump_stats(pair)
+    dumped = dump_stats.get("pages_written", 0) + dump_stats.get("pages_lazy", 0)
+    if restored is None or served is None or dumped <= 0 or not _far(restored + served, dumped):
+        return []
+    message = f"{restored} pages restored + {served} served lazily != {dumped} pages dumped"
+    return [
+        _warning(
+            "lazy_pages_count",
+            call,
+            message,
+            pages_restored=restored,
+            pages_lazy_served=served,
+            pages_dumped=dumped,
+        )
+    ]
+
+
+CriuStatsCheck = Callable[[PairRecord, CriuCall], list[dict[str, Any]]]
+
+# The cross-checks run on each kind of call, in the order their warnings are listed.
+CRIU_STATS_CHECKS: dict[str, tuple[CriuStatsCheck, ...]] = {
+    "dump": (
+        check_stats_missing,
+        check_frozen_vs_call,
+        check_frozen_vs_task,
+        check_call_vs_task,
+        check_pages_written_vs_scanned,
+    ),
+    "restore": (
+        check_stats_missing,
+        check_restore_longer_than_call,
+        check_restore_far_shorter_than_call,
+    ),
+    "page_server": (check_page_server_incomplete, check_page_server_bytes),
+    "lazy_pages": (check_lazy_pages_incomplete, check_lazy_pages_count),
+}
+
+
 def criu_stats_warnings(pair: PairRecord) -> list[dict[str, Any]]:
     """Where CRIU's own statistics and the suite's timings (or each other) disagree.
 
-    Checked for every CRIU call recorded: a dump or restore without a stats image; CRIU's
-    frozen time longer than the dump call or its Ansible task; more pages written than
-    scanned; restore_time longer than the restore call, or far shorter; the page server
-    receiving other than what the dump wrote; the pages restored plus those served lazily
-    differing from the pages dumped; a daemon that did not finish its work.
+    Every CRIU call and daemon recorded (criu_calls) goes through the checks of its kind
+    (CRIU_STATS_CHECKS); the warnings come call by call, in the order of the checks.
     """
-    warnings: list[dict[str, Any]] = []
-
-    def warn(check: str, call: dict[str, Any], phase: str, message: str, **figures: Any) -> None:
-        warnings.append(
-            {"check": check, "phase": phase, "host": call.get("host"), "message": message} | figures
-        )
-
-    def far(a: float, b: float) -> bool:
-        return abs(a - b) > PAGE_COUNT_TOLERANCE * max(a, b, 1)
-
-    predumps = pair.phases.get("predump", [])
-    dumps = [(f"pre-dump {i}", "predump", call) for i, call in enumerate(predumps, 1)]
-    if pair.phases.get("final_dump"):
-        dumps.append(("final dump", "final_dump", pair.last("final_dump")))
-    for what, phase, call in dumps:
-        stats, duration = call.get("stats") or {}, call.get("duration_s")
-        if not stats:
-            message = f"CRIU wrote no stats-dump for the {what}: only the suite's timings remain"
-            warn("stats_missing", call, phase, message)
-            continue
-        frozen = stats.get("frozen_s")
-        # A post-copy dump keeps its tasks frozen until the destination fetched the last page.
-        limit = call.get("served_s") if call.get("lazy_network") else duration
-        if frozen is not None and limit is not None and frozen > limit + STATS_TOLERANCE_S:
-            message = (
-                f"CRIU's frozen time for the {what} ({frozen:.3f}s) is longer than the CRIU "
-                f"call itself ({limit:.3f}s)"
-            )
-            warn("frozen_vs_call", call, phase, message, frozen_s=frozen, call_s=limit)
-        task = None if call.get("lazy_network") else _task_of(pair, phase, call)
-        if task is not None:
-            task_s = round(task.duration_s, 6)
-            if frozen is not None and frozen > task_s + STATS_TOLERANCE_S:
-                message = (
-                    f"CRIU's frozen time for the {what} ({frozen:.3f}s) is longer than its "
-                    f"task '{task.task}' ({task_s:.3f}s)"
-                )
-                warn("frozen_vs_task", call, phase, message, frozen_s=frozen, task_s=task_s)
-            if duration is not None and duration > task_s + STATS_TOLERANCE_S:
-                message = (
-                    f"the {what}'s CRIU call ({duration:.3f}s) took longer than its task "
-                    f"'{task.task}' ({task_s:.3f}s): are the clocks right?"
-                )
-                warn("call_vs_task", call, phase, message, call_s=duration, task_s=task_s)
-        scanned, written = stats.get("pages_scanned"), stats.get("pages_written")
-        if scanned is not None and written is not None and written > scanned:
-            message = f"CRIU wrote more pages ({written}) than it scanned ({scanned}) in the {what}"
-            warn("pages_written_vs_scanned", call, phase, message)
-
-    for what, phase in (("restore", "restore"), ("rollback restore", "rollback")):
-        if not pair.phases.get(phase):
-            continue
-        call = pair.last(phase)
-        if call.get("resumed_on_source"):
-            continue  # a post-copy dump that gave up unfroze the tasks: no CRIU restore ran
-        stats, duration = call.get("stats") or {}, call.get("duration_s")
-        restore_s = stats.get("restore_s")
-        if not stats:
-            message = f"CRIU wrote no stats-restore for the {what}: only the suite's timings remain"
-            warn("stats_missing", call, phase, message)
-        elif restore_s is None or duration is None:
-            continue
-        elif restore_s > duration + STATS_TOLERANCE_S:
-            message = (
-                f"CRIU's restore time ({restore_s:.3f}s) is longer than the {what} call "
-                f"({duration:.3f}s)"
-            )
-            warn("restore_vs_call", call, phase, message, restore_s=restore_s, call_s=duration)
-        elif duration - restore_s > max(RESTORE_GAP_S, RESTORE_GAP_FRACTION * duration):
-            message = (
-                f"the {what} call took {duration:.3f}s but CRIU's restore time is "
-                f"{restore_s:.3f}s: {duration - restore_s:.3f}s went elsewhere (start-up, "
-                "image reads, a slow page source)"
-            )
-            warn("restore_vs_call", call, phase, message, restore_s=restore_s, call_s=duration)
-
-    dump_stats = pair.last("final_dump").get("stats") or {}
-    if pair.phases.get("page_server"):
-        server = pair.last("page_server")
-        if not (server.get("finished") and server.get("session_complete")):
-            message = "the page server did not see the dump's session through" + (
-                f": {server['error']}" if server.get("error") else ""
-            )
-            warn("page_server_incomplete", server, "page_server", message)
-        received, written = server.get("bytes_received"), dump_stats.get("bytes_written")
-        if received is not None and written is not None and far(received, written):
-            message = (
-                f"the page server received {received} bytes of pages, the dump reports "
-                f"{written} written"
-            )
-            warn(
-                "page_server_bytes",
-                server,
-                "page_server",
-                message,
-                bytes_received=received,
-                bytes_written=written,
-            )
-    if pair.phases.get("lazy_pages"):
-        lazy = pair.last("lazy_pages")
-        served = lazy.get("pages_lazy_served")
-        if not (lazy.get("finished") and lazy.get("complete")):
-            message = (
-                f"the lazy-pages daemon served {served} of {lazy.get('pages_lazy_total')} pages"
-                + (f": {lazy['error']}" if lazy.get("error") else "")
-            )
-            warn("lazy_pages_incomplete", lazy, "lazy_pages", message)
-        restored = (pair.last("restore").get("stats") or {}).get("pages_restored")
-        dumped = dump_stats.get("pages_written", 0) + dump_stats.get("pages_lazy", 0)
-        # After pre-dumps the restore also reads the parents' pages: no single dump to match.
-        comparable = restored is not None and served is not None and dumped > 0
-        if comparable and not pair.phases.get("predump") and far(restored + served, dumped):
-            message = f"{restored} pages restored + {served} served lazily != {dumped} pages dumped"
-            warn(
-                "lazy_pages_count",
-                lazy,
-                "lazy_pages",
-                message,
-                pages_restored=restored,
-                pages_lazy_served=served,
-                pages_dumped=dumped,
-            )
-    return warnings
+    return [
+        warning
+        for call in criu_calls(pair)
+        for check in CRIU_STATS_CHECKS[call.kind]
+        for warning in check(pair, call)
+    ]
 
 
 def build_metrics(
     experiment: dict[str, Any], pair: PairRecord, started_at: float, finished_at: float
 ) -> dict[str, Any]:
-    """The `metrics.json` document of one pair (schema in SPEC.md)."""
+    """The `metrics.json` document of one pair (its schema: README, section metrics.json)."""
     strategy = experiment.get("strategy", {})
-    dump = pair.last("final_dump")
-    restore = pair.last("restore")
-    downtime = None
-    if dump.get("started_at") and restore.get("finished_at"):
-        downtime = round(restore["finished_at"] - dump["started_at"], 6)
+    offsets = clock_offsets(pair)
+    critical_path = critical_path_figures(pair, offsets)
+    downtime = critical_path["downtime_s"]
     notice_at = experiment.get("notice_at")
-    window_start, window_end = migration_window(pair, notice_at)
+    window_start, window_end = migration_window(pair, notice_at, offsets)
     migration_s = round(window_end - window_start, 6) if window_start and window_end else None
     verification = {k: v for k, v in pair.last("verification").items() if k != "host"}
     app_downtime = verification.pop("app_downtime_s", None)
@@ -512,13 +733,10 @@ def build_metrics(
             "page_server": bool(strategy.get("page_server")),
             **{k: v for k, v in strategy.items() if k not in ("mode", "lazy_pages", "page_server")},
         },
-        "phases": {
-            "predump": _predump_section(pair),
-            "final_dump": _final_dump_section(pair),
-            "transfer": _transfer_section(pair, experiment.get("transfer", {}).get("method", "")),
-            "restore": _restore_section(pair),
-        },
+        "phases": phase_sections(pair, experiment.get("transfer", {}).get("method", "")),
         "downtime_s": downtime,
+        "orchestration_gap_s": critical_path["orchestration_gap_s"],
+        "critical_path": critical_path,
         "app_downtime_s": app_downtime,
         "migration_s": migration_s,
         "deadline_clock": {
@@ -527,7 +745,7 @@ def build_metrics(
             "stopped_at": iso_utc(window_end),
         },
         "app_downtime": app_downtime_estimates(pair, {"app_downtime_s": app_downtime}),
-        "clock_offsets": clock_offsets(pair),
+        "clock_offsets": offsets,
         "deadlines": deadline_verdicts(migration_s, experiment.get("deadline_s")),
         "verification": verification,
         "environment": environment,
@@ -554,6 +772,18 @@ def _fmt_s(value: Any) -> str:
     return f"{value:.2f}s" if isinstance(value, int | float) else "n/a"
 
 
+def _fmt_mb(size_bytes: Any, missing: str = "n/a") -> str:
+    return f"{size_bytes / MB:.2f} MB" if isinstance(size_bytes, int | float) else missing
+
+
+def _fmt_rate(mb_s: Any) -> str:
+    return f"{mb_s:.2f} MB/s" if isinstance(mb_s, int | float) else "n/a"
+
+
+def _fmt_count(value: Any) -> str:
+    return str(value) if isinstance(value, int | float) else "n/a"
+
+
 def _daemon_lines(restore: dict[str, Any]) -> list[str]:
     """The page server's and the lazy-pages daemon's figures, when they ran."""
     lines = []
@@ -573,10 +803,60 @@ def _daemon_lines(restore: dict[str, Any]) -> list[str]:
     return lines
 
 
-def summary_text(metrics: dict[str, Any]) -> str:
-    """The seed's end-of-run summary block, plus downtime and deadline verdicts."""
+def _predump_lines(metrics: dict[str, Any]) -> list[str]:
+    """The pre-dumps; `n/a` when the strategy had some but none was recorded."""
+    predump = metrics["phases"].get("predump")
+    if not predump:
+        mode = (metrics.get("strategy") or {}).get("mode")
+        return ["Pre-dump Iterations: n/a"] if mode == "predump" else []
+    lines = [
+        f"Pre-dump Iterations: {len(predump['iterations'])}",
+        f"  Total time: {_fmt_s(predump['total_s'])}",
+        f"  Average time: {_fmt_s(predump['average_s'])}",
+    ]
+    lines += [
+        f"  Iteration {it['index']}: {_fmt_s(it['duration_s'])} ({it['pages_written']} pages written)"
+        + (f", sent in {_fmt_s(it['transfer']['duration_s'])}" if it.get("transfer") else "")
+        for it in predump["iterations"]
+    ]
+    if predump.get("stop"):
+        lines.append(
+            f"  Stopped: {predump['stop'].get('reason')} ({predump['stop'].get('detail', '')})"
+        )
+    return lines
+
+
+def _phase_lines(phases: dict[str, Any]) -> list[str]:
+    """Final dump, transfer and restore; `n/a` for a phase or a figure not recorded."""
+    dump = phases.get("final_dump")
+    lines = ["Final Dump:"]
+    if dump:
+        lines.append(
+            f"  Duration: {_fmt_s(dump['duration_s'])} (frozen {_fmt_s(dump['frozen_s'])}, "
+            f"{_fmt_count(dump['pages_written'])} pages, {_fmt_mb(dump['bytes'], 'n/a MB')})"
+        )
+    else:
+        lines.append("  Duration: n/a")
+    transfer = phases.get("transfer") or {}
+    restore = phases.get("restore") or {}
+    lines += [
+        "Transfer:",
+        f"  Method: {transfer.get('method') or 'n/a'}",
+        f"  Duration: {_fmt_s(transfer.get('duration_s'))}",
+        f"  Size: {_fmt_mb(transfer.get('bytes'))}",
+        f"  Throughput: {_fmt_rate(transfer.get('throughput_mb_s'))}",
+        "Restore:",
+        f"  Duration: {_fmt_s(restore.get('duration_s') if restore.get('finished_at') else None)}",
+    ]
+    return lines + _daemon_lines(restore)
+
+
+def summary_text(metrics: dict[str, Any], metrics_written: bool = True) -> str:
+    """The seed's end-of-run summary block, plus downtime and deadline verdicts.
+
+    `metrics_written` false (save_metrics=false): the block says metrics.json was not written.
+    """
     rule = "=" * 60
-    phases = metrics["phases"]
     lines = [
         rule,
         f"CRIU Experiment Metrics: {metrics['experiment']['name']}",
@@ -585,41 +865,12 @@ def summary_text(metrics: dict[str, Any]) -> str:
         f"Status: {metrics['status']}",
         rule,
     ]
-    predump = phases["predump"]
-    if predump["iterations"]:
-        lines += [
-            f"Pre-dump Iterations: {len(predump['iterations'])}",
-            f"  Total time: {_fmt_s(predump['total_s'])}",
-            f"  Average time: {_fmt_s(predump['average_s'])}",
-        ]
-        lines += [
-            f"  Iteration {it['index']}: {_fmt_s(it['duration_s'])} ({it['pages_written']} pages written)"
-            + (f", sent in {_fmt_s(it['transfer']['duration_s'])}" if it.get("transfer") else "")
-            for it in predump["iterations"]
-        ]
-        if predump.get("stop"):
-            lines.append(
-                f"  Stopped: {predump['stop'].get('reason')} ({predump['stop'].get('detail', '')})"
-            )
-    dump = phases["final_dump"]
+    lines += _predump_lines(metrics)
+    lines += _phase_lines(metrics["phases"])
     lines += [
-        "Final Dump:",
-        f"  Duration: {_fmt_s(dump['duration_s'])} (frozen {_fmt_s(dump['frozen_s'])}, "
-        f"{dump['pages_written']} pages, {dump['bytes'] / MB:.2f} MB)",
-    ]
-    transfer = phases["transfer"]
-    lines += [
-        "Transfer:",
-        f"  Method: {transfer['method']}",
-        f"  Duration: {_fmt_s(transfer['duration_s'])}",
-        f"  Size: {transfer['bytes'] / MB:.2f} MB",
-        f"  Throughput: {transfer['throughput_mb_s']:.2f} MB/s",
-        "Restore:",
-        f"  Duration: {_fmt_s(phases['restore']['duration_s'] if phases['restore']['finished_at'] else None)}",
-    ]
-    lines += _daemon_lines(phases["restore"])
-    lines += [
-        f"Downtime (dump start -> restored): {_fmt_s(metrics['downtime_s'])}",
+        f"Downtime (dump start -> restored): {_fmt_s(metrics['downtime_s'])}"
+        f" ({metrics['critical_path']['path']}; orchestration gap"
+        f" {_fmt_s(metrics['orchestration_gap_s'])})",
         f"App-perceived downtime (progress.log gap): {_fmt_s(metrics['app_downtime_s'])}"
         f" (strace: {_fmt_s(metrics['app_downtime']['strace_s'])})",
         f"Migration time (deadline clock): {_fmt_s(metrics['migration_s'])}",
@@ -646,6 +897,8 @@ def summary_text(metrics: dict[str, Any]) -> str:
     lines += [
         f"Total Experiment Duration: {_fmt_s(metrics['experiment']['duration_s'])}",
         f"Results: {metrics['experiment']['results_dir']}",
-        rule,
     ]
+    if not metrics_written:
+        lines.append("metrics.json was not written (save_metrics=false)")
+    lines.append(rule)
     return "\n".join(lines)

@@ -25,7 +25,7 @@ earlier, at the first of these (checked in this order):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,27 +35,32 @@ REASONS = ("small_dump", "skip_goal", "not_shrinking", "deadline", "iterations")
 
 @dataclass(frozen=True)
 class PredumpPolicy:
-    """The stop rule's settings (group_vars/all.yml documents each)."""
+    """The stop rule's settings: the experiment's predump_* settings, which the preflight
+    validated (group_vars/all.yml documents each and gives its default)."""
 
-    mode: str = "fixed"
-    max_iterations: int = 8  # predump_iterations
-    interval_s: float = 10.0  # predump_interval: start-to-start spacing of pre-dumps
-    min_pages: int = 64  # predump_min_pages
-    skip_goal_pct: float = 70.0  # predump_skip_goal_pct
-    max_growth_pct: float = 10.0  # predump_max_growth_pct
-    deadline_s: float = 0.0  # the budget on the deadline clock; 0: no deadline rule
-    final_reserve_s: float = 5.0  # predump_final_reserve_s
+    mode: str  # predump_mode, one of MODES
+    max_iterations: int  # predump_iterations
+    interval_s: float  # predump_interval: start-to-start spacing of pre-dumps
+    min_pages: int  # predump_min_pages
+    skip_goal_pct: float  # predump_skip_goal_pct
+    max_growth_pct: float  # predump_max_growth_pct
+    deadline_s: float  # the budget on the deadline clock; 0: no deadline rule
+    final_reserve_s: float  # predump_final_reserve_s
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"predump_mode={self.mode!r} is not one of: {', '.join(MODES)}")
-        if self.max_iterations < 1:
-            raise ValueError(f"predump_iterations={self.max_iterations} must be at least 1")
-        if not 0 <= self.skip_goal_pct <= 100:
-            raise ValueError(f"predump_skip_goal_pct={self.skip_goal_pct} must be within 0..100")
-        for name in ("interval_s", "deadline_s", "final_reserve_s", "min_pages"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must not be negative")
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> PredumpPolicy:
+        """The policy of an experiment's settings; the deadline budget is predump_deadline_s,
+        else the experiment's own deadline_s (0: none)."""
+        return cls(
+            mode=str(settings["predump_mode"]),
+            max_iterations=int(settings["predump_iterations"]),
+            interval_s=float(settings["predump_interval"]),
+            min_pages=int(settings["predump_min_pages"]),
+            skip_goal_pct=float(settings["predump_skip_goal_pct"]),
+            max_growth_pct=float(settings["predump_max_growth_pct"]),
+            deadline_s=float(settings["predump_deadline_s"] or settings.get("deadline_s") or 0),
+            final_reserve_s=float(settings["predump_final_reserve_s"]),
+        )
 
 
 @dataclass(frozen=True)

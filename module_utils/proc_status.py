@@ -5,7 +5,9 @@ the tree (pids via /proc/<pid>/task/*/children), memory and thread counts from
 /proc/<pid>/status, open fds with their targets and offsets, sockets matched by inode
 against /proc/<pid>/net/{tcp,tcp6,udp,udp6,unix} (the process's own network namespace),
 and who traces each thread (TracerPid). A process may exit while it is being read: every
-reader treats a vanished /proc entry as "gone", never as an error.
+reader treats a vanished /proc entry as "gone", never as an error. Liveness, the state
+letter, the command line and the start time of a process are `processes`' (one definition
+for the suite).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-PROC = "/proc"
+from ansible.module_utils.processes import ENDED_STATES, PROC, cmdline, is_alive
 
 TCP_STATES = {
     "01": "ESTABLISHED",
@@ -154,10 +156,6 @@ def _readlink(path: str) -> str | None:
         return None
 
 
-def pid_exists(pid: int, proc: str = PROC) -> bool:
-    return os.path.isdir(f"{proc}/{pid}")
-
-
 def parse_status(text: str) -> dict[str, str]:
     """/proc/<pid>/status as a dict of its `Key:\\tvalue` lines."""
     fields: dict[str, str] = {}
@@ -196,8 +194,8 @@ def child_pids(pid: int, proc: str = PROC) -> list[int]:
 
 
 def process_tree(root: int, proc: str = PROC) -> list[int]:
-    """`root` and its live descendants, breadth-first; [] when `root` is gone."""
-    if not pid_exists(root, proc):
+    """`root` and its descendants, breadth-first; [] when `root` is gone or a zombie."""
+    if not is_alive(root, proc):
         return []
     tree = [root]
     seen = {root}
@@ -217,17 +215,6 @@ def tracer_of(pid: int, tid: int | None = None, proc: str = PROC) -> int | None:
     return int(status.get("TracerPid", "0") or 0)
 
 
-def process_state(pid: int, tid: int | None = None, proc: str = PROC) -> str | None:
-    """The state letter (R, S, D, T, t, Z, X, I); None when the process is gone."""
-    status = read_status(pid, tid, proc)
-    return status.get("State", "?")[:1] if status is not None else None
-
-
-def is_live(pid: int, proc: str = PROC) -> bool:
-    """Running and not a zombie: a process that can be traced or checkpointed."""
-    return process_state(pid, proc=proc) not in (None, "Z", "X")
-
-
 def tracers(pids: Iterable[int], proc: str = PROC) -> dict[int, int]:
     """TracerPid of every live thread of `pids`, keyed by thread id.
 
@@ -237,28 +224,10 @@ def tracers(pids: Iterable[int], proc: str = PROC) -> dict[int, int]:
     for pid in pids:
         for tid in thread_ids(pid, proc):
             status = read_status(pid, tid, proc)
-            if status is None or status.get("State", "?")[:1] in ("Z", "X"):
+            if status is None or status.get("State", "?")[:1] in ENDED_STATES:
                 continue
             found[tid] = int(status.get("TracerPid", "0") or 0)
     return found
-
-
-def process_start_ticks(pid: int, proc: str = PROC) -> int | None:
-    """Start time in clock ticks since boot (field 22 of stat): tells pid reuse apart."""
-    text = _read(f"{proc}/{pid}/stat")
-    if text is None:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[19])
-
-
-def read_cmdline(pid: int, proc: str = PROC) -> list[str]:
-    try:
-        with open(f"{proc}/{pid}/cmdline", "rb") as handle:
-            raw = handle.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    return [part.decode("utf-8", "backslashreplace") for part in raw.split(b"\0") if part]
 
 
 def read_comm(pid: int, proc: str = PROC) -> str:
@@ -368,7 +337,7 @@ def read_process(pid: int, proc: str = PROC) -> ProcessInfo | None:
         ppid=int(status.get("PPid", "0") or 0),
         name=status.get("Name", ""),
         state=status.get("State", "?"),
-        cmdline=read_cmdline(pid, proc),
+        cmdline=cmdline(pid, proc),
         cwd=_readlink(f"{proc}/{pid}/cwd"),
         exe=_readlink(f"{proc}/{pid}/exe"),
         rss_kb=_kb(status.get("VmRSS")),

@@ -103,32 +103,64 @@ def wait_gone(pids: Sequence[int], timeout_s: float) -> list[int]:
     return [pid for pid in pids if is_alive(pid)]
 
 
+def _group_alive(pgid: int, proc: str = PROC) -> bool:
+    """Whether a live process (not a zombie) is in process group `pgid`."""
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return False
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/stat", encoding="utf-8", errors="replace") as handle:
+                stat = handle.read()
+        except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+            continue
+        # after "pid (comm)": state ppid pgrp ...
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ENDED_STATES:
+            return True
+    return False
+
+
 def terminate(pid: int, group: bool = False, grace_s: float = 5.0) -> bool:
     """SIGTERM to `pid` (or its process group), SIGKILL after `grace_s`; whether it ended.
 
-    Never signals the caller itself or the caller's own process group, whatever a pidfile
-    says.
+    With `group`, it ended when no live process is left in the group (a member that
+    outlives the leader gets the SIGKILL too). Our own child is reaped. Never signals the
+    caller itself or the caller's own process group, whatever a pidfile says.
     """
     if pid <= 1 or pid == os.getpid() or (group and pid == os.getpgrp()):
         return not is_alive(pid)
     kill = os.killpg if group else os.kill
+
+    def ended() -> bool:
+        gone = reap(pid) is not None or not is_alive(pid)
+        return gone and not (group and _group_alive(pid))
+
     try:
         kill(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
-        return not is_alive(pid)
-    if not wait_until(lambda: reap(pid) is not None or not is_alive(pid), grace_s):
+        return ended()
+    if not wait_until(ended, grace_s):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             kill(pid, signal.SIGKILL)
-        wait_until(lambda: reap(pid) is not None or not is_alive(pid), grace_s)
-    return not is_alive(pid)
+        wait_until(ended, grace_s)
+    return ended()
 
 
 def write_atomic(path: str | Path, text: str) -> None:
     """Replace `path` with `text` in one step (a reader never sees half a file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    tmp = f"{path}.tmp{os.getpid()}"  # one per writer: two writers never share it
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_exit(exit_file: str | Path) -> tuple[int, float] | None:
@@ -141,7 +173,8 @@ def read_exit(exit_file: str | Path) -> tuple[int, float] | None:
     return int(code), float(ended)
 
 
-# Stdio of a detached command: /dev/null, or a file taking stdout and stderr.
+# A clean environment for a detached command (callers add their own variables): the SSH
+# session's variables must not leak into it.
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LANG": "C.UTF-8",
@@ -164,8 +197,12 @@ def start_detached(
     Without `exit_file` the command is the caller's child until the caller exits (then
     init's); `reap` collects its status meanwhile. With `exit_file`, a monitor process
     outside the caller's session waits for the command and writes "<status> <epoch>" there.
+    Either way the command leads its own process group (its PID is the group's id) and
+    runs in `cwd`; relative paths are the caller's. OSError: the command could not start.
     """
     argv = [str(arg) for arg in argv]
+    if not argv:
+        raise ValueError("start_detached needs a command")
     env_dict = None if env is None else {str(k): str(v) for k, v in env.items()}
     if exit_file is None:
         with contextlib.ExitStack() as stack:
@@ -184,10 +221,18 @@ def start_detached(
                 close_fds=True,
                 start_new_session=True,
             )
-        # the Popen object is dropped: the caller tracks the PID (reap collects the status)
-        proc.returncode = 0  # keep Popen.__del__ from warning about a running child
+        # The caller tracks the PID and reaps it (`reap`): marking the Popen object done keeps
+        # subprocess from collecting the child's status behind the caller's back.
+        proc.returncode = 0
         return proc.pid
-    return _start_monitored(argv, cwd, env_dict, output, exit_file)
+    # the monitor works in /: relative paths are the caller's, made absolute here
+    return _start_monitored(
+        argv,
+        os.path.abspath(cwd),
+        env_dict,
+        None if output is None else os.path.abspath(output),
+        os.path.abspath(exit_file),
+    )
 
 
 def _start_monitored(
@@ -230,8 +275,11 @@ def _start_monitored(
                         stdout=out,
                         stderr=subprocess.STDOUT if output is not None else subprocess.DEVNULL,
                         close_fds=True,
+                        # its own process group: terminate(pid, group=True) reaches the
+                        # command and its children, not the monitor that records its status
+                        start_new_session=True,
                     )
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # e.g. no such program, a NUL in argv
                 os.write(write_end, f"error: {exc}".encode())
                 os._exit(1)
             os.write(write_end, str(child.pid).encode())

@@ -76,6 +76,9 @@ class TransferRequest:
     page_server: bool = False  # page images were streamed to criu page-server
     fault: str = "none"  # none | interrupt
     method: str = "rsync"  # the transfer setting; with compress it picks the backend
+    # further `-o` options of every ssh the transfer runs (e.g. the fused critical path's
+    # ControlPath: its SSH connection is opened before the freeze)
+    ssh_options: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,6 +118,9 @@ class TransferBackend(Protocol):
     name: str
     # True: the destination must run `receive` before the restore.
     two_sided: bool
+    # The programs the backend runs on each side (the node checks look for them first).
+    source_tools: tuple[str, ...]
+    destination_tools: tuple[str, ...]
 
     def send(self, request: TransferRequest, run: Runner) -> TransferResult: ...
 
@@ -177,6 +183,8 @@ def ssh_command(request: TransferRequest) -> list[str]:
         ]
     if request.cipher:
         argv += ["-c", request.cipher]
+    for option in request.ssh_options:
+        argv += ["-o", option]
     return argv
 
 
@@ -282,6 +290,8 @@ def run_and_cut(argv: list[str], after_s: float) -> tuple[int, str, str]:
 class RsyncBackend:
     name = "rsync"
     two_sided = False
+    source_tools = ("rsync", "ssh")
+    destination_tools = ("rsync",)
 
     def send(self, request: TransferRequest, run: Runner) -> TransferResult:
         interrupt = request.fault == "interrupt"
@@ -501,6 +511,8 @@ class ZstdSshBackend:
 
     name = "ssh-zstd"
     two_sided = False
+    source_tools = ("tar", "zstd", "ssh")
+    destination_tools = ("tar", "zstd")
 
     def send(self, request: TransferRequest, run: Runner) -> TransferResult:
         pipeline = zstd_pipeline(request)
@@ -571,6 +583,8 @@ class EfsBackend:
 
     name = "efs"
     two_sided = True
+    source_tools = ("rsync",)
+    destination_tools = ("rsync",)
 
     def send(self, request: TransferRequest, run: Runner) -> TransferResult:
         in_place, staged, staging = efs_layout(request)
@@ -686,6 +700,25 @@ def compare_manifest(
                 f"{path}: {algorithm} {got.get(algorithm)} != {want.get(algorithm)} on the source"
             )
     return problems
+
+
+def sha256sum_check_input(manifest: dict[str, dict[str, Any]]) -> str:
+    """The manifest as `sha256sum --check` reads it: one "<digest>  <path>" line per file
+    (the comparison where no module runs: on the destination, over SSH)."""
+    return "".join(f"{entry[CHECKSUM]}  {path}\n" for path, entry in sorted(manifest.items()))
+
+
+def sha256sum_problems(rc: int, output: str, manifest: dict[str, dict[str, Any]]) -> list[str]:
+    """What `sha256sum --check --quiet --strict` found: one line per file that differs or
+    is missing (its own words); empty when every file matched."""
+    if rc == 0:
+        return []
+    problems = []
+    for line in (output or "").splitlines():
+        text = line.strip().removeprefix("sha256sum: ")
+        if text and not text.startswith("WARNING:"):
+            problems.append(text)
+    return problems or [f"sha256sum --check exited {rc} checking {len(manifest)} files"]
 
 
 class ManifestThread(threading.Thread):
@@ -832,6 +865,12 @@ BACKENDS: dict[str, type] = {
     "ssh-zstd": ZstdSshBackend,
     "efs": EfsBackend,
 }
+# The experiment's `transfer` setting: every method the suite names, implemented or not.
+METHODS = ("rsync", "efs", "s3", "ebs")
+# Methods without a backend yet: refused by the preflight with this reason.
+METHODS_NOT_YET = {"s3": "the S3 backend", "ebs": "the EBS backend"}
+# The `transfer_compress` setting.
+COMPRESSIONS = ("none", "zstd")
 # transfer=<method> with transfer_compress=<compress> -> backend
 COMPRESSED = {("rsync", "zstd"): "ssh-zstd"}
 
@@ -847,3 +886,56 @@ def backend_for(method: str, compress: str = "none") -> TransferBackend:
         raise ValueError(
             f"transfer method {method!r} is not implemented; available: {available}"
         ) from None
+
+
+def tools_for(method: str, compress: str, side: str) -> list[str]:
+    """The programs transfer=<method> (with transfer_compress=<compress>) runs on `side`
+    (source or destination); [] for a method without a backend."""
+    try:
+        backend = backend_for(method, compress)
+    except ValueError:
+        return []
+    return list(backend.source_tools if side == "source" else backend.destination_tools)
+
+
+# The options that say how a transfer reaches the destination, as an Ansible argument spec:
+# the checkpoint_transfer module takes them at its top level, predump_loop and the fused
+# critical path as a `transfer` dict. `request_from_options` turns them into a request.
+TRANSFER_OPTIONS: dict[str, dict[str, Any]] = {
+    "method": {"type": "str", "default": "rsync", "choices": list(METHODS)},
+    "destination": {"type": "str"},
+    "destination_user": {"type": "str", "default": "root"},
+    "ssh_key": {"type": "path"},
+    "known_hosts": {"type": "path"},
+    "ssh_port": {"type": "int", "default": 22},
+    "cipher": {"type": "str"},
+    "compress": {"type": "str", "default": "none", "choices": list(COMPRESSIONS)},
+    "compress_level": {"type": "int", "default": 3},
+    "efs_path": {"type": "path"},
+    "efs_dir": {"type": "path"},
+}
+
+
+def request_from_options(
+    options: dict[str, Any], paths: Sequence[str], **fields: Any
+) -> TransferRequest:
+    """A TransferRequest from TRANSFER_OPTIONS-shaped options (None: the option's default)."""
+    given = {
+        key: options.get(key) if options.get(key) is not None else spec.get("default")
+        for key, spec in TRANSFER_OPTIONS.items()
+    }
+    return TransferRequest(
+        paths=list(paths),
+        method=str(given["method"]),
+        destination=str(given["destination"] or ""),
+        user=str(given["destination_user"] or "root"),
+        ssh_key=str(given["ssh_key"] or ""),
+        known_hosts=str(given["known_hosts"] or ""),
+        ssh_port=int(given["ssh_port"]),
+        cipher=str(given["cipher"] or ""),
+        compress=str(given["compress"] or "none"),
+        compress_level=int(given["compress_level"]),
+        efs_path=str(given["efs_path"] or ""),
+        efs_dir=str(given["efs_dir"] or ""),
+        **fields,
+    )

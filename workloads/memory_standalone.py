@@ -3,8 +3,12 @@
 
 Every `interval` seconds one `bytearray` block of `mb_size` MB is allocated (until
 `max_memory` MB are held) and one byte of each 4096-byte page is written, so the pages are
-resident and CRIU has to copy them. A CRC32 of those sampled bytes, chained over all blocks,
-is logged with each line and recomputed from memory after a restore.
+resident and CRIU has to copy them. Each line logs `sample_checksum`, a CRC32 of those bytes
+(one per page of every block, never zero, chained in block order: a page that did not come
+back reads as zero and changes it), and `rss_anon_kb`, the process's anonymous memory
+(RssAnon); both are recomputed from memory after a restore. `rss_kb` (VmRSS) is for
+information only: right after a restore the file-backed pages (the interpreter, libpython)
+are not faulted in again yet.
 
 Single file on purpose: it is copied alone to bare nodes (stdlib only). The protocol part
 (`Protocol`) is repeated in every workload script; see docs/architecture.md.
@@ -139,12 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def vm_rss_kb() -> int:
+# A lazy restore may still owe the process pages the restored recompute does not read (the
+# interpreter's own): wait this long at most for them before measuring RssAnon.
+LAZY_WAIT_S = 10.0
+
+
+def memory_kb() -> tuple[int, int | None]:
+    """VmRSS (all resident memory) and RssAnon (its anonymous part) in kB."""
+    found: dict[str, int] = {}
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "RssAnon"):
+                found[name] = int(value.split()[0])
+    return found.get("VmRSS", 0), found.get("RssAnon")
+
+
+def lazy_restore_pending(smaps: str = "/proc/self/smaps") -> bool:
+    """A lazy restore still sends pages: CRIU's lazy-pages daemon keeps the restored mappings
+    registered with userfaultfd (VmFlags `um`) until every page went in."""
+    with open(smaps) as lines:
+        return any(line.startswith("VmFlags:") and "um" in line.split() for line in lines)
 
 
 class Memory:
@@ -152,8 +171,9 @@ class Memory:
         self.mb_size = args.mb_size
         self.max_memory = args.max_memory
         self.blocks: list[bytearray] = []
-        self.checksum = 0  # CRC32 of every block's sampled bytes, chained in block order
+        self.checksum = 0  # CRC32 of one byte of every page of every block, in block order
         self.pending: bytearray | None = None  # allocated and touched, not yet committed
+        self.logged_anon_kb: int | None = None  # rss_anon_kb of the last line written
 
     def allocate(self, proto: Protocol) -> None:
         """One block, logged before it is committed (a freeze never splits the two)."""
@@ -163,17 +183,22 @@ class Memory:
         shift = len(self.blocks) % len(PATTERN)
         block[::PAGE] = (PATTERN * (pages // len(PATTERN) + 2))[shift : shift + pages]
         checksum = zlib.crc32(block[::PAGE], self.checksum)
-        count = len(self.blocks) + 1
-        proto.line(**self.fields(count, checksum, vm_rss_kb()))
+        self.line(proto, len(self.blocks) + 1, checksum)
         self.blocks.append(block)
         self.checksum = checksum
         self.pending = None
 
-    def fields(self, count: int, checksum: int, rss_kb: int) -> dict[str, Any]:
+    def line(self, proto: Protocol, count: int, checksum: int) -> None:
+        fields = self.fields(count, checksum, *memory_kb())
+        proto.line(**fields)  # a restore noticed here logs its line first, then this one
+        self.logged_anon_kb = fields["rss_anon_kb"]
+
+    def fields(self, count: int, checksum: int, rss_kb: int, anon_kb: int | None) -> dict[str, Any]:
         return {
             "blocks": count,
             "allocated_mb": count * self.mb_size,
-            "rss_kb": rss_kb,
+            "rss_kb": rss_kb,  # information only: no continuity rule
+            "rss_anon_kb": anon_kb,
             "sample_checksum": f"{checksum:08x}",
         }
 
@@ -186,7 +211,26 @@ class Memory:
         if self.pending is not None:  # frozen mid-block: the last line did not count it
             zlib.crc32(self.pending[::PAGE])
             pending_kb = len(self.pending) // 1024
-        return self.fields(len(self.blocks), checksum, vm_rss_kb() - pending_kb)
+        rss_kb, anon_kb = memory_kb()
+        if (
+            anon_kb is not None
+            and self.logged_anon_kb is not None
+            and anon_kb - pending_kb < self.logged_anon_kb
+        ):
+            # Fewer anonymous pages than before the freeze: after a lazy restore the pages this
+            # recompute did not read may still be on their way. (smaps walks every page
+            # table, ~10 ms per GB, hence only then.)
+            for _ in range(round(LAZY_WAIT_S / 0.1)):
+                if not lazy_restore_pending():
+                    break
+                time.sleep(0.1)
+            rss_kb, anon_kb = memory_kb()
+        return self.fields(
+            len(self.blocks),
+            checksum,
+            rss_kb - pending_kb,
+            None if anon_kb is None else anon_kb - pending_kb,
+        )
 
 
 def work(args: argparse.Namespace, working_dir: Path) -> None:
@@ -197,7 +241,7 @@ def work(args: argparse.Namespace, working_dir: Path) -> None:
         if (len(memory.blocks) + 1) * memory.mb_size <= memory.max_memory:
             memory.allocate(proto)
         else:
-            proto.line(**memory.fields(len(memory.blocks), memory.checksum, vm_rss_kb()))
+            memory.line(proto, len(memory.blocks), memory.checksum)
         proto.sleep(args.interval)
     proto.finish()
 

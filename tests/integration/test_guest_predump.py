@@ -28,9 +28,9 @@ pytestmark = [pytest.mark.guest]
 
 GUEST_INVENTORY = REPO / "inventories" / "lab_guest" / "hosts.yml"
 GUEST_LAB_DIR = REPO / ".lab" / "guest"
-# 128 MB: a restored process's RSS lacks its not yet touched file pages (libpython ...),
-# about 9 MB here; the memory workload's 10 % RSS tolerance needs the heap to dominate.
-MEMORY = {"workload": "memory", "mb_size": 32, "interval": 0.5, "max_memory": 128}
+# 64 MB: the restored workload's anonymous memory and page checksums are compared, so a
+# small heap passes too (its total RSS lacks not yet touched file pages, which is harmless).
+MEMORY = {"workload": "memory", "mb_size": 32, "interval": 0.5, "max_memory": 64}
 
 
 def _say(message: str) -> None:
@@ -143,7 +143,7 @@ def test_fixed_predump_migration_between_the_guests(guest_lab: Path, tmp_path: P
     assert [it["index"] for it in iterations] == [1, 2, 3]
     assert predump["stop"]["reason"] == "iterations"
     first, *later = iterations
-    assert first["pages_written"] > 30_000  # 128 MB of workload memory
+    assert first["pages_written"] > 15_000  # 64 MB of workload memory
     for it in later:
         # truly incremental: only what the workload dirtied since the previous pre-dump
         assert it["pages_written"] < first["pages_written"] / 10, iterations

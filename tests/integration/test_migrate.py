@@ -101,7 +101,7 @@ def test_memory_migration_end_to_end(lab: Path, tmp_path: Path) -> None:
     assert {c["name"] for c in verification["checks"]} >= {
         "seq",
         "equal:sample_checksum",
-        "close:rss_kb",
+        "close:rss_anon_kb",
     }
 
     # progress.log on the destination continues the source's lines, on the destination host.

@@ -247,11 +247,8 @@ def test_network_post_copy_on_the_soft_dirty_guests(tmp_path: Path) -> None:
         assert verification["restored_running"] is True
         assert verification["running_on_source"] is False
         assert verification["seq_continuous"] is True
-        # Known: the restored line's rss_kb can lag while pages still stream in on these slow
-        # emulated guests; any other failure is a real one.
-        if metrics["status"] != "ok":
-            assert metrics["failure"]["phase"] == "verification", metrics["failure"]
-            assert "close:rss_kb" in metrics["failure"]["msg"]
+        # anonymous memory and every page's checksum must come back while pages still stream in
+        assert metrics["status"] == "ok", metrics.get("failure")
     finally:
         subprocess.run(
             [

@@ -20,6 +20,7 @@ from pathlib import Path
 import proc_status
 import pytest
 from proc_status import process_tree, tracers
+from processes import process_state
 from strace_capture import CaptureError, StraceCapture, parse_info
 
 REPO = Path(__file__).resolve().parents[2]
@@ -392,7 +393,7 @@ def test_zombie_children_are_left_out(tmp_path: Path) -> None:
         while not (tmp_path / "ready").exists():
             time.sleep(0.01)
         zombie = process_tree(proc.pid)[1]
-        while proc_status.process_state(zombie) != "Z":
+        while process_state(zombie) != "Z":
             time.sleep(0.01)
         result = capture(tmp_path, pid=proc.pid, duration_s=0.5).run()
         assert result["traced_pids"] == [proc.pid]

@@ -77,7 +77,7 @@ CASES: dict[str, dict[str, Any]] = {
 
 # The checks the issue names for each workload (besides every declared continuity rule).
 KEY_CHECKS = {
-    "memory": ["equal:blocks", "equal:sample_checksum", "close:rss_kb"],
+    "memory": ["equal:blocks", "equal:sample_checksum", "close:rss_anon_kb"],
     "matmul": ["equal:iteration", "equal:fixed_checksum", "equal:inputs_checksum"],
     "redis": ["equal:dataset_checksum", "equal:client_id", "equal:keys", "equal:writes"],
     "ml_training": ["equal:global_step", "equal:params_checksum", "equal:optimizer_checksum"],

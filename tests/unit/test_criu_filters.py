@@ -244,21 +244,26 @@ def test_facts_when_the_network_probe_was_skipped(probe: dict[str, Any] | None) 
 
 
 def test_pages_pull_argv_with_the_labs_ssh_trust() -> None:
-    argv = criu_pages_pull_argv(
-        "/var/lib/criu-migration/images/e1/1/",
-        "10.77.0.12",
-        "root",
-        "/work/main/.lab/id_ed25519",
-        "/work/main/.lab/known_hosts",
-    )
+    # the pair's transfer options (migration_pair.transfer), as the preflight plans them
+    link = {
+        "method": "rsync",
+        "destination": "10.77.0.12",
+        "destination_user": "root",
+        "ssh_key": "/work/main/.lab/id_ed25519",
+        "known_hosts": "/work/main/.lab/known_hosts",
+        "cipher": "aes128-gcm@openssh.com",
+    }
+    argv = criu_pages_pull_argv("/var/lib/criu-migration/images/e1/1/", link)
     assert argv == [
         "rsync",
         "--archive",
         "--whole-file",
         "--sparse",
         "--rsh",
-        "ssh -o BatchMode=yes -i /work/main/.lab/id_ed25519 -o IdentitiesOnly=yes "
-        "-o UserKnownHostsFile=/work/main/.lab/known_hosts -o StrictHostKeyChecking=yes",
+        # the transfer's own ssh command: same trust, same cipher
+        "ssh -o BatchMode=yes -o Compression=no -p 22 -i /work/main/.lab/id_ed25519 "
+        "-o IdentitiesOnly=yes -o UserKnownHostsFile=/work/main/.lab/known_hosts "
+        "-o StrictHostKeyChecking=yes -c aes128-gcm@openssh.com",
         "root@10.77.0.12:/var/lib/criu-migration/images/e1/1/pagemap-*.img",
         "root@10.77.0.12:/var/lib/criu-migration/images/e1/1/pages-*.img",
         "/var/lib/criu-migration/images/e1/1/",
@@ -266,14 +271,16 @@ def test_pages_pull_argv_with_the_labs_ssh_trust() -> None:
 
 
 def test_pages_pull_argv_for_a_cloud_user_without_pinned_keys() -> None:
-    argv = criu_pages_pull_argv("/imgs/9", "10.0.1.5", "ubuntu")
+    argv = criu_pages_pull_argv(
+        "/imgs/9", {"destination": "10.0.1.5", "destination_user": "ubuntu"}
+    )
     assert argv[:7] == [
         "rsync",
         "--archive",
         "--whole-file",
         "--sparse",
         "--rsh",
-        "ssh -o BatchMode=yes",
+        "ssh -o BatchMode=yes -o Compression=no -p 22",
         "--rsync-path",
     ]
     assert argv[7:] == [
@@ -287,7 +294,7 @@ def test_pages_pull_argv_for_a_cloud_user_without_pinned_keys() -> None:
 @pytest.mark.parametrize("images_dir", ["relative/1", "/with space/1"])
 def test_pages_pull_argv_refuses_odd_paths(images_dir: str) -> None:
     with pytest.raises(ValueError, match="must be absolute and without spaces"):
-        criu_pages_pull_argv(images_dir, "10.77.0.12")
+        criu_pages_pull_argv(images_dir, {"destination": "10.77.0.12"})
 
 
 def test_filter_names() -> None:

@@ -15,10 +15,25 @@ import criu_cli
 import criu_stats
 import pytest
 from metrics_report import (
+    CRIU_STATS_CHECKS,
     ROLE_PHASES,
+    CriuCall,
+    CriuStatsCheck,
     PairRecord,
     TaskRecord,
     build_metrics,
+    check_call_vs_task,
+    check_frozen_vs_call,
+    check_frozen_vs_task,
+    check_lazy_pages_count,
+    check_lazy_pages_incomplete,
+    check_page_server_bytes,
+    check_page_server_incomplete,
+    check_pages_written_vs_scanned,
+    check_restore_far_shorter_than_call,
+    check_restore_longer_than_call,
+    check_stats_missing,
+    criu_calls,
     criu_stats_warnings,
     summary_text,
 )
@@ -275,6 +290,151 @@ def test_a_network_post_copy_dump_is_frozen_until_served() -> None:
     assert checks(pair) == []
     pair.phases["final_dump"][0]["served_s"] = 1.0
     assert checks(pair) == ["frozen_vs_call"]
+
+
+# -- one function per check ----------------------------------------------------------------------
+
+
+def frozen_longer_than_the_task_only() -> PairRecord:
+    """Frozen 0.58 s: within the 0.54 s call (+ tolerance), beyond its 0.5 s task."""
+    pair = pair_of(dump_stats={**stats(FULL / "stats-dump", "dump"), "frozen_s": 0.58}, dump_s=0.54)
+    pair.tasks[0].duration_s = 0.5
+    return pair
+
+
+def frozen_longer_than_the_call_only() -> PairRecord:
+    """Frozen 0.9 s: beyond the 0.5 s call, within its 1 s task."""
+    pair = pair_of(dump_stats={**stats(FULL / "stats-dump", "dump"), "frozen_s": 0.9}, dump_s=0.5)
+    pair.tasks[0].duration_s = 1.0
+    return pair
+
+
+def call_longer_than_its_task() -> PairRecord:
+    pair = pair_of()
+    pair.tasks[0].duration_s = 0.3
+    pair.tasks[0].start_epoch = T0 + 10.0
+    pair.phases["final_dump"][0]["finished_at"] = T0 + 10.3
+    return pair
+
+
+def restore_with(restore_s: float, call_s: float) -> PairRecord:
+    restore = {**stats(FULL / "stats-restore", "restore"), "restore_s": restore_s}
+    return pair_of(restore_stats=restore, restore_s=call_s)
+
+
+# (the check, a pair on which exactly it warns, the call it warns about, a pair where it is quiet)
+PER_CHECK: list[tuple[CriuStatsCheck, Any, str, Any]] = [
+    (check_stats_missing, lambda: pair_of(dump_stats={}), "final_dump", pair_of),
+    (check_frozen_vs_call, frozen_longer_than_the_call_only, "final_dump", pair_of),
+    (check_frozen_vs_task, frozen_longer_than_the_task_only, "final_dump", pair_of),
+    (check_call_vs_task, call_longer_than_its_task, "final_dump", pair_of),
+    (
+        check_pages_written_vs_scanned,
+        lambda: pair_of(dump_stats={**stats(FULL / "stats-dump", "dump"), "pages_scanned": 10}),
+        "final_dump",
+        pair_of,
+    ),
+    (check_restore_longer_than_call, lambda: restore_with(0.6, 0.4), "restore", pair_of),
+    (check_restore_far_shorter_than_call, lambda: restore_with(1.4, 3.0), "restore", pair_of),
+    (
+        check_page_server_incomplete,
+        lambda: page_server_pair(session_complete=False),
+        "page_server",
+        page_server_pair,
+    ),
+    (
+        check_page_server_bytes,
+        lambda: page_server_pair(bytes_received=4096),
+        "page_server",
+        page_server_pair,
+    ),
+    (
+        check_lazy_pages_incomplete,
+        lambda: lazy_pair(finished=False, complete=False, pages_lazy_served=2440, error=""),
+        "lazy_pages",
+        lazy_pair,
+    ),
+    (
+        check_lazy_pages_count,
+        lambda: lazy_pair(pages_lazy_served=2000, pages_lazy_total=2000),
+        "lazy_pages",
+        lazy_pair,
+    ),
+]
+CHECK_NAMES = {
+    check_stats_missing: "stats_missing",
+    check_frozen_vs_call: "frozen_vs_call",
+    check_frozen_vs_task: "frozen_vs_task",
+    check_call_vs_task: "call_vs_task",
+    check_pages_written_vs_scanned: "pages_written_vs_scanned",
+    check_restore_longer_than_call: "restore_vs_call",
+    check_restore_far_shorter_than_call: "restore_vs_call",
+    check_page_server_incomplete: "page_server_incomplete",
+    check_page_server_bytes: "page_server_bytes",
+    check_lazy_pages_incomplete: "lazy_pages_incomplete",
+    check_lazy_pages_count: "lazy_pages_count",
+}
+
+
+def call_in(pair: PairRecord, phase: str) -> CriuCall:
+    [call] = [call for call in criu_calls(pair) if call.phase == phase]
+    return call
+
+
+@pytest.mark.parametrize(
+    ("check", "warns", "phase", "quiet"), PER_CHECK, ids=[c.__name__ for c, *_ in PER_CHECK]
+)
+def test_each_check_on_its_own(check: CriuStatsCheck, warns: Any, phase: str, quiet: Any) -> None:
+    pair = warns()
+    [warning] = check(pair, call_in(pair, phase))
+    assert warning["check"] == CHECK_NAMES[check]
+    assert warning["phase"] == phase
+    assert criu_stats_warnings(pair) == [warning]  # the only one the whole run reports
+    calm = quiet()
+    assert check(calm, call_in(calm, phase)) == []
+
+
+def test_every_check_runs_on_its_kind_of_call() -> None:
+    assert set(CRIU_STATS_CHECKS) == {"dump", "restore", "page_server", "lazy_pages"}
+    listed = {check for checks in CRIU_STATS_CHECKS.values() for check in checks}
+    assert listed == set(CHECK_NAMES)
+    assert {check for check, *_ in PER_CHECK} == set(CHECK_NAMES)
+
+
+def test_the_calls_checked_in_order() -> None:
+    pair = page_server_pair()
+    pair.add("predump", {"duration_s": 0.1, "stats": {}}, "source")
+    pair.add("lazy_pages", {"finished": True, "complete": True}, "destination")
+    pair.add("rollback", {"duration_s": 0.2, "stats": {"restore_s": 0.1}}, "source")
+    assert [(c.kind, c.what, c.phase, c.record["host"]) for c in criu_calls(pair)] == [
+        ("dump", "pre-dump 1", "predump", "source"),
+        ("dump", "final dump", "final_dump", "source"),
+        ("restore", "restore", "restore", "destination"),
+        ("restore", "rollback restore", "rollback", "source"),
+        ("page_server", "page server", "page_server", "destination"),
+        ("lazy_pages", "lazy pages", "lazy_pages", "destination"),
+    ]
+
+
+def test_the_frozen_time_only_beyond_the_task() -> None:
+    warnings = criu_stats_warnings(frozen_longer_than_the_task_only())
+    assert warnings == [
+        {
+            "check": "frozen_vs_task",
+            "phase": "final_dump",
+            "host": "source",
+            "message": "CRIU's frozen time for the final dump (0.580s) is longer than its task "
+            "'Final dump' (0.500s)",
+            "frozen_s": 0.58,
+            "task_s": 0.5,
+        }
+    ]
+
+
+def test_a_dump_without_stats_gets_only_stats_missing() -> None:
+    pair = call_longer_than_its_task()
+    pair.phases["final_dump"][0]["stats"] = {}
+    assert checks(pair) == ["stats_missing"]  # no call_vs_task without the stats image
 
 
 # -- metrics.json and the summary -----------------------------------------------------------------

@@ -19,18 +19,23 @@ from experiment_filters import (
     migration_ports,
 )
 from experiment_plan import (
-    TRANSFERS,
-    TRANSFERS_NOT_YET,
     gating_errors,
+    load_setting_defaults,
     plan_experiment,
     plan_pairs,
     required_ports,
 )
+from transfer_backends import METHODS as TRANSFERS
+from transfer_backends import METHODS_NOT_YET as TRANSFERS_NOT_YET
 from transfer_backends import backend_for
 from workload_filters import workload_declaration
 from workload_registry import load_registry
 
-WORKLOADS = str(Path(__file__).resolve().parents[2] / "workloads")
+REPO = Path(__file__).resolve().parents[2]
+WORKLOADS = str(REPO / "workloads")
+DEFAULTS_FILE = str(REPO / "group_vars" / "all.yml")
+# The settings' defaults, from the one place they are written.
+DEFAULTS = load_setting_defaults(DEFAULTS_FILE)
 REGISTRY = load_registry(WORKLOADS)
 VALID_WORKLOADS = ", ".join(sorted(REGISTRY))
 
@@ -66,6 +71,7 @@ def plan(
         REGISTRY,
         LAB_GROUPS if groups is None else groups,
         host_vars(LAB_HOSTVARS if hostvars is None else hostvars),
+        DEFAULTS,
     ).as_dict()
 
 
@@ -103,7 +109,13 @@ def test_seed_defaults_plan() -> None:
             "source": "source",
             "destination": "destination",
             "source_address": "10.77.0.11",
+            "source_link_address": "10.77.0.11",
             "destination_address": "10.77.0.12",
+            "destination_link_address": "10.77.0.12",
+            "destination_user": "root",
+            "efs_mount_path": "",
+            "ssh_key": "",
+            "known_hosts": "",
         }
     ]
 
@@ -164,7 +176,9 @@ def test_unknown_workload_names_the_valid_ones() -> None:
 
 
 def test_unknown_strategy() -> None:
-    assert errors_of({"checkpoint_strategy": "live"}) == ["checkpoint_strategy='live' is not one of: predump, full"]
+    assert errors_of({"checkpoint_strategy": "live"}) == [
+        "checkpoint_strategy='live' is not one of: predump, full"
+    ]
 
 
 def test_unknown_transfer() -> None:
@@ -408,7 +422,9 @@ def test_a_host_in_both_groups() -> None:
 def test_empty_ansible_host(address: str) -> None:
     hostvars = {"source": {"ansible_host": "10.77.0.11"}, "destination": {"ansible_host": address}}
     result = plan({}, LAB_GROUPS, hostvars)
-    assert result["errors"] == ["host destination has an empty address (ansible_host)"]
+    assert result["errors"] == [
+        "host destination has an empty address (ansible_host / migration_address)"
+    ]
 
 
 def test_three_pairs_with_peers_and_addresses() -> None:
@@ -426,7 +442,14 @@ def test_three_pairs_with_peers_and_addresses() -> None:
     }
     pairs, errors = plan_pairs(groups, host_vars(hostvars))
     assert errors == []
-    assert pairs == [
+    addresses = [
+        {
+            key: pair[key]
+            for key in ("source", "destination", "source_address", "destination_address")
+        }
+        for pair in pairs
+    ]
+    assert addresses == [
         {
             "source": "source-1",
             "destination": "destination-3",
@@ -445,6 +468,77 @@ def test_three_pairs_with_peers_and_addresses() -> None:
             "source_address": "10.77.0.15",
             "destination_address": "10.77.0.12",
         },
+    ]
+    # without migration_address the link is the connection address
+    assert all(p["source_link_address"] == p["source_address"] for p in pairs)
+    assert all(p["destination_link_address"] == p["destination_address"] for p in pairs)
+
+
+def test_migration_address_is_the_link_and_ansible_host_the_connection() -> None:
+    hostvars = {
+        "source": {"ansible_host": "1.2.3.4", "migration_address": "10.0.1.10",
+                   "migration_ssh_key": "/k", "migration_known_hosts": "/kh",
+                   "efs_mount_path": "/mnt/efs"},
+        "destination": {"ansible_host": "1.2.3.5", "migration_address": "10.0.1.11",
+                        "ansible_user": "ubuntu"},
+    }  # fmt: skip
+    pairs, errors = plan_pairs(LAB_GROUPS, host_vars(hostvars))
+    assert errors == []
+    assert pairs[0] == {
+        "source": "source",
+        "destination": "destination",
+        "source_address": "1.2.3.4",
+        "source_link_address": "10.0.1.10",
+        "destination_address": "1.2.3.5",
+        "destination_link_address": "10.0.1.11",
+        "destination_user": "ubuntu",
+        "efs_mount_path": "/mnt/efs",
+        "ssh_key": "/k",
+        "known_hosts": "/kh",
+    }
+
+
+def test_strategy_is_refused_naming_checkpoint_strategy() -> None:
+    assert errors_of({"strategy": "full"}) == [
+        "strategy='full' is not read: the setting is called checkpoint_strategy (`strategy` "
+        "is an Ansible play keyword); use -e checkpoint_strategy=full"
+    ]
+
+
+def test_a_setting_without_any_value_is_refused() -> None:
+    result = plan_experiment(
+        {}, REGISTRY, LAB_GROUPS, host_vars(LAB_HOSTVARS), {**DEFAULTS, "transfer": None}
+    ).as_dict()
+    assert result["errors"] == [
+        "transfer has no value: group_vars/all.yml gives every setting its default (run the "
+        "suite's playbooks from its folder, with its ansible.cfg)"
+    ]
+
+
+def test_workload_defaults_reach_only_their_workload() -> None:
+    # the lab's per-workload sizes: dataproc's num_rows never becomes another workload's
+    scoped = {"workload_defaults": {"memory": {"mb_size": 64, "interval": 1.0},
+                                    "dataproc": {"num_rows": 100000}}}  # fmt: skip
+    memory = plan({**scoped, "workload": "memory"})
+    assert memory["errors"] == []
+    assert memory["workload_params"] == {"mb_size": 64, "interval": 1.0, "max_memory": 8192}
+    matmul = plan({**scoped, "workload": "matmul"})
+    assert matmul["workload_params"]["interval"] == REGISTRY["matmul"].params["interval"].default
+    dataproc = plan({**scoped, "workload": "dataproc"})
+    assert dataproc["workload_params"]["num_rows"] == 100000
+
+
+def test_a_bare_parameter_wins_over_workload_defaults() -> None:
+    result = plan({"workload_defaults": {"memory": {"mb_size": 64}}, "mb_size": "128"})
+    assert result["workload_params"]["mb_size"] == 128
+
+
+def test_workload_defaults_with_unknown_names_are_refused() -> None:
+    errors = errors_of({"workload_defaults": {"memry": {"mb_size": 1}, "memory": {"mb": 2}}})
+    assert errors == [
+        f"workload_defaults names workload 'memry', which is unknown; valid: {VALID_WORKLOADS}",
+        "workload_defaults.memory: mb is not a parameter of workload memory (valid: mb_size, "
+        "interval, max_memory)",
     ]
 
 
@@ -470,7 +564,7 @@ def test_migration_plan_filter_reads_the_first_source_hosts_variables() -> None:
         destination={"ansible_host": "10.77.0.12"},
         localhost={"workload": "nope"},
     )
-    result = migration_plan(LAB_GROUPS, hostvars, WORKLOADS)
+    result = migration_plan(LAB_GROUPS, hostvars, WORKLOADS, DEFAULTS_FILE)
     assert result["ok"] is True
     assert result["settings"]["workload"] == "redis"
     assert result["settings"]["checkpoint_strategy"] == "full"
@@ -480,7 +574,7 @@ def test_migration_plan_filter_reads_the_first_source_hosts_variables() -> None:
 
 def test_migration_plan_filter_without_sources_uses_localhost() -> None:
     hostvars = HostVars(localhost={"workload": "nope"})
-    result = migration_plan({"destination": ["d"]}, hostvars, WORKLOADS)
+    result = migration_plan({"destination": ["d"]}, hostvars, WORKLOADS, DEFAULTS_FILE)
     assert result["errors"] == [
         f"workload='nope' is unknown; valid: {VALID_WORKLOADS}",
         "the inventory has no host in group 'source' (need one per pair)",
@@ -489,7 +583,7 @@ def test_migration_plan_filter_without_sources_uses_localhost() -> None:
 
 def test_migration_plan_filter_peer_missing_from_hostvars() -> None:
     hostvars = HostVars(source={"migration_peer": "destination"})
-    result = migration_plan(LAB_GROUPS, hostvars, WORKLOADS)
+    result = migration_plan(LAB_GROUPS, hostvars, WORKLOADS, DEFAULTS_FILE)
     assert result["errors"] == []
     assert result["pairs"][0]["destination_address"] == "destination"
 
@@ -640,6 +734,7 @@ def test_filter_names() -> None:
         "migration_plan",
         "migration_port_message",
         "migration_ports",
+        "migration_transfer_tools",
     ]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from criu_filters import criu_facts_from_probe
 from experiment_filters import migration_gating, migration_ports
-from experiment_plan import OPTIONS_NOT_YET, gating_errors, plan_experiment, required_ports
+from experiment_plan import gating_errors, plan_experiment, required_ports
 from workload_registry import load_registry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,8 +91,7 @@ def test_full_page_server_and_lazy_images_pass_on_the_lab(
     assert gating_errors(lab_facts(), role, role, chosen, REDIS) == []
 
 
-def test_page_server_and_lazy_pages_are_no_longer_refused_as_not_landed() -> None:
-    assert "page_server" not in OPTIONS_NOT_YET and "lazy_pages" not in OPTIONS_NOT_YET
+def test_page_server_and_lazy_pages_are_accepted_by_the_preflight() -> None:
     plan = plan_experiment(
         {"workload": "memory", "page_server": "true", "lazy_pages": "true"},
         REGISTRY,

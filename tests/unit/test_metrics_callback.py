@@ -102,7 +102,9 @@ class Result:
 LOCALHOST, SOURCE, DESTINATION = Host("localhost"), Host("source"), Host("destination")
 
 
-def experiment_payload(tmp_path: Path, pairs: int = 1) -> dict[str, Any]:
+def experiment_payload(
+    tmp_path: Path, pairs: int = 1, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """library/migration_experiment.py's result, with its results folders created."""
     announced = []
     for index in range(1, pairs + 1):
@@ -135,6 +137,8 @@ def experiment_payload(tmp_path: Path, pairs: int = 1) -> dict[str, Any]:
             "inventory": "inventories/lab/hosts.yml",
             "pairs": announced,
             "control": {"host": "vm"},
+            # the preflight's validated settings (library/migration_experiment.py passes them on)
+            "settings": {"checkpoint_strategy": "full", "save_metrics": True, **(settings or {})},
         },
     }
 
@@ -166,11 +170,13 @@ class Run:
         self.clock.advance(took)
         self.cb.v2_runner_on_failed(Result(host, task, result), ignore_errors=ignore)
 
-    def start_experiment(self, tmp_path: Path, pairs: int = 1) -> None:
+    def start_experiment(
+        self, tmp_path: Path, pairs: int = 1, settings: dict[str, Any] | None = None
+    ) -> None:
         self.ok(
             LOCALHOST,
             Task("Create the results folders", "preflight"),
-            experiment_payload(tmp_path, pairs),
+            experiment_payload(tmp_path, pairs, settings),
             0.1,
         )
 
@@ -603,3 +609,86 @@ def test_one_failed_pair_of_two(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert (two["status"], two["workload"]["source_pid"]) == ("failed", 16002)
     assert two["hosts"] == {"source": "source-2", "destination": "destination-2"}
     assert len(run.display.shown) == 2
+
+
+# -- phases that did not run ------------------------------------------------------------------
+
+
+def test_a_run_that_failed_before_the_dump_has_no_dump_phase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = Run(monkeypatch)
+    run.start_experiment(tmp_path)
+    run.ok(SOURCE, Task("Start", "workload_start"), metrics("workload_start", pid=17121))
+    run.failed(SOURCE, Task("Final dump", "checkpoint_dump"), {"failed": True, "msg": "rc=1"})
+    run.stats()
+    data = json.loads((tmp_path / "memory_20261126_050746_failed" / "metrics.json").read_text())
+    assert data["phases"] == {}  # no predump (full), no dump, transfer or restore recorded
+    lines = run.display.shown[0].splitlines()
+    assert lines[lines.index("Final Dump:") + 1] == "  Duration: n/a"
+    assert lines[lines.index("Transfer:") + 2] == "  Duration: n/a"
+    assert lines[lines.index("Restore:") + 1] == "  Duration: n/a"
+    assert not any(line.startswith("Pre-dump") for line in lines)
+
+
+# -- save_metrics ---------------------------------------------------------------------------------
+
+
+def test_save_metrics_false_writes_no_metrics_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = Run(monkeypatch)
+    run.start_experiment(tmp_path, settings={"save_metrics": False})
+    migrate_until_dump(run)
+    run.ok(DESTINATION, Task("Restore", "checkpoint_restore"), restore_result(run.clock.wall))
+    run.stats()
+    folder = tmp_path / "memory_20261126_050746"
+    assert sorted(p.name for p in folder.iterdir()) == ["dest", "journal.json", "source"]
+    assert journal(folder)["status"] == "ok"
+    # the summary is still shown, and says why there is no metrics.json
+    [summary] = run.display.shown
+    lines = summary.splitlines()
+    assert "CRIU Experiment Metrics: default-experiment" in lines
+    assert "  Duration: 0.52s (frozen 0.51s, 34582 pages, 141.65 MB)" in lines
+    assert lines[-3:] == [
+        f"Results: {folder}",
+        "metrics.json was not written (save_metrics=false)",
+        "=" * 60,
+    ]
+
+
+def test_save_metrics_false_still_marks_a_failed_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = Run(monkeypatch)
+    run.start_experiment(tmp_path, settings={"save_metrics": False})
+    migrate_until_dump(run)
+    run.failed(DESTINATION, Task("Restore", "checkpoint_restore"), {"failed": True, "msg": "no"})
+    run.stats()
+    assert [p.name for p in tmp_path.iterdir()] == ["memory_20261126_050746_failed"]
+    folder = tmp_path / "memory_20261126_050746_failed"
+    assert not (folder / "metrics.json").exists()
+    assert journal(folder)["status"] == "failed"
+    assert "FAILED in restore: Restore on destination" in run.display.shown[0]
+    assert "metrics.json was not written (save_metrics=false)" in run.display.shown[0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "written"),
+    [
+        ({"save_metrics": True}, True),
+        ({}, True),  # an experiment from before the setting was carried: the seed's default
+        ({"save_metrics": "false"}, False),
+        ({"save_metrics": "yes"}, True),
+    ],
+)
+def test_save_metrics_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any], written: bool
+) -> None:
+    run = Run(monkeypatch)
+    payload = experiment_payload(tmp_path)
+    payload["migration_experiment"]["settings"] = settings
+    run.ok(LOCALHOST, Task("Create the results folders", "preflight"), payload, 0.1)
+    run.stats()
+    assert (tmp_path / "memory_20261126_050746" / "metrics.json").exists() is written
+    assert ("save_metrics=false" in run.display.shown[0]) is not written

@@ -1,5 +1,5 @@
 """metrics.json and the end-of-run summary (module_utils/metrics_report.py, formerly
-module_utils/migration_metrics.py) against SPEC.md's schema.
+module_utils/migration_metrics.py) against the metrics.json schema (README, metrics.json).
 
 The pair is filled the way callback_plugins/migration_metrics.py fills it: one TaskRecord per
 task (phase from its role) and the `migration_metrics` data each module returned, with the
@@ -39,8 +39,8 @@ IMAGES = "/var/lib/criu-migration/images/memory_20261126_050746"
 WORK = "/var/lib/criu-migration/work/memory_20261126_050746"
 RESULTS = "/work/main/results/memory_20261126_050746"
 
-# SPEC.md "Interface contract": the keys metrics.json has at least.
-SPEC_TOP_KEYS = {
+# The keys metrics.json has at least (the schema: README, metrics.json).
+SCHEMA_TOP_KEYS = {
     "status",
     "experiment",
     "workload",
@@ -211,14 +211,17 @@ def metrics_of(pair: PairRecord, **overrides: Any) -> dict[str, Any]:
 # -- schema and numbers --------------------------------------------------------------------
 
 
-def test_every_spec_key_is_present() -> None:
+def test_every_schema_key_is_present() -> None:
     metrics = metrics_of(full_dump_pair())
-    assert set(metrics) >= SPEC_TOP_KEYS
+    assert set(metrics) >= SCHEMA_TOP_KEYS
     assert set(metrics["experiment"]) >= {"name", "started_at", "finished_at"}
     assert set(metrics["workload"]) >= {"type", "params", "source_pid"}
     assert set(metrics["strategy"]) >= {"mode", "lazy_pages", "page_server"}
-    assert set(metrics["phases"]) == {"predump", "final_dump", "transfer", "restore"}
-    assert set(metrics["phases"]["predump"]) >= {"iterations", "total_s", "average_s"}
+    # a full dump: no pre-dump ran, so there is no predump phase
+    assert set(metrics["phases"]) == {"final_dump", "transfer", "restore"}
+    with_predumps = metrics_of(predump_pair())["phases"]
+    assert set(with_predumps) == {"predump", "final_dump", "transfer", "restore"}
+    assert set(with_predumps["predump"]) >= {"iterations", "total_s", "average_s"}
     assert set(metrics["phases"]["final_dump"]) >= {
         "duration_s",
         "frozen_s",
@@ -269,7 +272,7 @@ def test_full_dump_metrics() -> None:
         "predump_mode": "fixed",
         "lazy_pages_mode": "images",
     }
-    assert metrics["phases"]["predump"] == {"iterations": [], "total_s": 0, "average_s": 0.0}
+    assert "predump" not in metrics["phases"]  # checkpoint_strategy=full: no pre-dump ran
 
 
 def test_final_dump_section_from_the_decoded_stats_image() -> None:
@@ -560,10 +563,138 @@ def test_extra_sections_only_when_recorded() -> None:
 def test_empty_pair() -> None:
     metrics = build_metrics({}, PairRecord("s", "d", "/r"), T0, T0 + 1.0)
     assert metrics["status"] == "ok"
-    assert metrics["phases"]["final_dump"]["duration_s"] == 0.0
-    assert metrics["phases"]["transfer"]["throughput_mb_s"] == 0.0
+    assert metrics["phases"] == {}  # nothing ran: no phase, no made-up 0.0
     assert metrics["environment"] == {"control": {}}
     assert metrics["verification"] == {}
+
+
+# -- phases that did not run --------------------------------------------------------------------
+
+
+def failed_before_the_dump() -> PairRecord:
+    """The workload started, then the dump task failed: no CRIU call was recorded."""
+    pair = full_dump_pair()
+    for phase in ("final_dump", "transfer", "restore", "verification"):
+        del pair.phases[phase]
+    pair.failure = {"phase": "final_dump", "task": "Final dump", "host": "source", "msg": "rc=1"}
+    return pair
+
+
+def test_a_pair_without_a_dump_has_no_final_dump() -> None:
+    metrics = metrics_of(failed_before_the_dump())
+    assert metrics["phases"] == {}
+    assert metrics["downtime_s"] is None and metrics["migration_s"] is None
+    lines = summary_text(metrics).splitlines()
+    start = lines.index("Final Dump:")
+    assert lines[start : start + 9] == [
+        "Final Dump:",
+        "  Duration: n/a",
+        "Transfer:",
+        "  Method: n/a",
+        "  Duration: n/a",
+        "  Size: n/a",
+        "  Throughput: n/a",
+        "Restore:",
+        "  Duration: n/a",
+    ]
+    assert not any("0.00s" in line or "0.00 MB" in line for line in lines)
+    assert "FAILED in final_dump: Final dump on source" in lines
+
+
+def test_only_the_phases_that_ran_are_present() -> None:
+    pair = full_dump_pair()
+    del pair.phases["transfer"], pair.phases["restore"]  # the transfer failed: no record
+    metrics = metrics_of(pair)
+    assert set(metrics["phases"]) == {"final_dump"}
+    lines = summary_text(metrics).splitlines()
+    assert "  Duration: 0.53s (frozen 0.01s, 2750 pages, 11.26 MB)" in lines
+    assert lines[lines.index("Transfer:") + 2] == "  Duration: n/a"
+    assert lines[lines.index("Restore:") + 1] == "  Duration: n/a"
+
+
+def test_full_strategy_has_no_predump_phase() -> None:
+    metrics = metrics_of(full_dump_pair())
+    assert "predump" not in metrics["phases"]
+    assert not any(line.startswith("Pre-dump") for line in summary_text(metrics).splitlines())
+
+
+def test_predump_strategy_without_a_recorded_predump_shows_na() -> None:
+    pair = failed_before_the_dump()
+    metrics = metrics_of(pair, strategy={"mode": "predump"})
+    assert "predump" not in metrics["phases"]
+    assert "Pre-dump Iterations: n/a" in summary_text(metrics).splitlines()
+
+
+def test_a_dump_without_stats_has_null_figures_not_zeros() -> None:
+    pair = full_dump_pair()
+    pair.phases["final_dump"][0]["stats"] = {}
+    dump = metrics_of(pair)["phases"]["final_dump"]
+    assert dump["duration_s"] == 0.52746
+    assert (dump["frozen_s"], dump["pages_written"], dump["bytes"]) == (None, None, None)
+    lines = summary_text(metrics_of(pair)).splitlines()
+    assert "  Duration: 0.53s (frozen n/a, n/a pages, n/a MB)" in lines
+
+
+def test_only_predump_transfers_leave_the_final_transfer_null() -> None:
+    pair = predump_pair()
+    pair.phases["transfer"] = [
+        {
+            "host": "source",
+            "method": "rsync",
+            "duration_s": 0.5,
+            "bytes": 4096,
+            "stage": "predump-1",
+        }
+    ]
+    del pair.phases["final_dump"], pair.phases["restore"]
+    transfer = metrics_of(pair)["phases"]["transfer"]
+    assert transfer == {
+        "method": None,
+        "duration_s": None,
+        "bytes": None,
+        "files": None,
+        "throughput_mb_s": None,
+        "predump_transfers": [
+            {"method": "rsync", "duration_s": 0.5, "bytes": 4096, "stage": "predump-1"}
+        ],
+    }
+    lines = summary_text(metrics_of(pair)).splitlines()
+    assert "  Iteration 1: 1.20s (17062 pages written), sent in 0.50s" in lines
+    assert lines[lines.index("Transfer:") + 1 :][:4] == [
+        "  Method: n/a",
+        "  Duration: n/a",
+        "  Size: n/a",
+        "  Throughput: n/a",
+    ]
+
+
+def test_a_failed_restore_keeps_the_page_servers_figures() -> None:
+    pair = full_dump_pair()
+    del pair.phases["restore"]  # a failed CRIU restore returns no figures
+    pair.add("page_server", {"pages_received": 2750, "bytes_received": 11264000}, "destination")
+    restore = metrics_of(pair)["phases"]["restore"]
+    assert restore == {
+        "duration_s": None,
+        "finished_at": None,
+        "pid": None,
+        "stats": {},
+        "page_server": {"pages_received": 2750, "bytes_received": 11264000},
+    }
+    lines = summary_text(metrics_of(pair)).splitlines()
+    assert lines[lines.index("Restore:") + 1] == "  Duration: n/a"
+    assert "  Page server: 2750 pages received (11.26 MB) in a n/a session" in lines
+
+
+def test_summary_says_when_metrics_json_was_not_written() -> None:
+    metrics = metrics_of(full_dump_pair())
+    assert "save_metrics" not in summary_text(metrics)
+    lines = summary_text(metrics, metrics_written=False).splitlines()
+    assert lines[-3:] == [
+        f"Results: {RESULTS}",
+        "metrics.json was not written (save_metrics=false)",
+        "=" * 60,
+    ]
+    assert lines[:-2] == summary_text(metrics).splitlines()[:-1]
 
 
 # -- helpers ---------------------------------------------------------------------------------

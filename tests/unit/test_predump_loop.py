@@ -21,6 +21,7 @@ import predump_loop
 import pytest
 from ansible.module_utils.testing import patch_module_args
 from criu_stats import IMG_SERVICE_MAGIC, STATS_MAGIC, summarize_stats_image
+from experiment_plan import load_setting_defaults
 
 
 def _varint(value: int) -> bytes:
@@ -118,9 +119,27 @@ def set_pages(monkeypatch: pytest.MonkeyPatch, pages: list[tuple[int, int]]) -> 
     monkeypatch.setenv("FAKE_IMAGES", json.dumps([stats_dump_image(w, s).hex() for w, s in pages]))
 
 
+# The stop rule's options as the role passes them: the experiment's predump_* settings, here
+# the suite's defaults (group_vars/all.yml).
+DEFAULTS = load_setting_defaults()
+SEED_POLICY_ARGS = {
+    "iterations": DEFAULTS["predump_iterations"],
+    "interval": DEFAULTS["predump_interval"],
+    "mode": DEFAULTS["predump_mode"],
+    "min_pages": DEFAULTS["predump_min_pages"],
+    "skip_goal_pct": DEFAULTS["predump_skip_goal_pct"],
+    "max_growth_pct": DEFAULTS["predump_max_growth_pct"],
+    "deadline_s": DEFAULTS["predump_deadline_s"],
+    "final_reserve_s": DEFAULTS["predump_final_reserve_s"],
+}
+
+
 def run_module(args: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
     capsys.readouterr()
-    with patch_module_args(args), pytest.raises(SystemExit) as excinfo:
+    merged = {
+        key: value for key, value in {**SEED_POLICY_ARGS, **args}.items() if value is not None
+    }
+    with patch_module_args(merged), pytest.raises(SystemExit) as excinfo:
         predump_loop.main()
     return int(excinfo.value.code or 0), json.loads(capsys.readouterr().out)
 
@@ -273,16 +292,23 @@ def test_a_failed_pre_dump_fails_naming_it_and_keeps_what_was_done(
     ("extra", "message"),
     [
         ({"mode": "smart"}, "value of mode must be one of: fixed, adaptive, got: smart"),
-        ({"skip_goal_pct": 150.0}, "predump_skip_goal_pct=150.0 must be within 0..100"),
+        ({"iterations": None}, "missing required arguments: iterations"),
         (
             {"transfer": {"method": "ftp"}},
-            "pre-dump transfers: transfer method 'ftp' is not implemented",
+            "value of method must be one of: rsync, efs, s3, ebs, got: ftp found in transfer",
+        ),
+        (
+            {"transfer": {"method": "s3"}},
+            "pre-dump transfers: transfer method 's3' is not implemented",
         ),
         (
             {"transfer": {"method": "rsync"}},
             "pre-dump transfers with rsync need transfer.destination",
         ),
-        ({"transfer": {"methd": "rsync"}}, "transfer: unknown key(s) methd"),
+        (
+            {"transfer": {"methd": "rsync"}},
+            "Unsupported parameters for (basic.py) module: transfer.methd",
+        ),
     ],
 )
 def test_bad_arguments_are_refused(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
+from experiment_plan import load_setting_defaults, plan_settings
 from predump_policy import (
     REASONS,
     Iteration,
@@ -12,16 +16,26 @@ from predump_policy import (
     growth_pct,
 )
 
-# Figures of the guest lab's first runs (LAB.md): 64 MiB, three pre-dumps.
+# The suite's defaults (group_vars/all.yml), as the preflight hands them over.
+DEFAULTS = load_setting_defaults()
+SEED = PredumpPolicy.from_settings(DEFAULTS)
+
+
+def policy_of(**overrides: Any) -> PredumpPolicy:
+    """The seed's policy with some fields changed."""
+    return replace(SEED, **overrides)
+
+
+# Figures of the guest lab's first runs (docs/lab.md): 64 MiB, three pre-dumps.
 FIRST = Iteration(1, pages_written=17062, pages_skipped=0, predump_s=0.49, transfer_s=2.0)
 SECOND = Iteration(2, pages_written=1582, pages_skipped=15480, predump_s=0.18, transfer_s=0.6)
 THIRD_FLAT = Iteration(3, pages_written=1582, pages_skipped=15480, predump_s=0.19, transfer_s=0.6)
 
-ADAPTIVE = PredumpPolicy(mode="adaptive", max_iterations=8, interval_s=1.0, skip_goal_pct=100.0)
+ADAPTIVE = policy_of(mode="adaptive", max_iterations=8, interval_s=1.0, skip_goal_pct=100.0)
 
 
 def test_fixed_runs_every_iteration_whatever_the_figures() -> None:
-    policy = PredumpPolicy(mode="fixed", max_iterations=3)
+    policy = policy_of(mode="fixed", max_iterations=3)
     # even a tiny, non-shrinking dirty set does not stop the seed's fixed mode
     tiny = [Iteration(1, 10), Iteration(2, 50, 0)]
     assert decide(policy, tiny[:1], 1.0).stop is False
@@ -32,7 +46,7 @@ def test_fixed_runs_every_iteration_whatever_the_figures() -> None:
 
 
 def test_fixed_ignores_the_deadline() -> None:
-    policy = PredumpPolicy(mode="fixed", max_iterations=4, deadline_s=1.0)
+    policy = policy_of(mode="fixed", max_iterations=4, deadline_s=1.0)
     assert decide(policy, [FIRST], 100.0).stop is False
 
 
@@ -49,13 +63,13 @@ def test_small_dump_stops_even_the_first_iteration() -> None:
 
 
 def test_min_pages_is_inclusive() -> None:
-    policy = PredumpPolicy(mode="adaptive", min_pages=100)
+    policy = policy_of(mode="adaptive", min_pages=100)
     assert decide(policy, [Iteration(1, 100)], 0.1).reason == "small_dump"
     assert decide(policy, [Iteration(1, 101)], 0.1).stop is False
 
 
 def test_skip_goal_as_lxd_counts_it() -> None:
-    policy = PredumpPolicy(mode="adaptive", skip_goal_pct=70.0)
+    policy = policy_of(mode="adaptive", skip_goal_pct=70.0)
     decision = decide(policy, [FIRST, SECOND], 4.0)
     # 15480 of 17062 pages unchanged: 90.7 %
     assert (decision.stop, decision.reason) == (True, "skip_goal")
@@ -64,12 +78,12 @@ def test_skip_goal_as_lxd_counts_it() -> None:
 
 def test_skip_goal_never_applies_to_the_first_pre_dump() -> None:
     # no parent yet: a first pre-dump skips nothing; the goal must not be judged on it
-    policy = PredumpPolicy(mode="adaptive", skip_goal_pct=0.0)
+    policy = policy_of(mode="adaptive", skip_goal_pct=0.0)
     assert decide(policy, [FIRST], 1.0).stop is False
 
 
 def test_skip_goal_below_the_goal_continues() -> None:
-    policy = PredumpPolicy(mode="adaptive", skip_goal_pct=95.0)
+    policy = policy_of(mode="adaptive", skip_goal_pct=95.0)
     assert decide(policy, [FIRST, SECOND], 4.0).stop is False
 
 
@@ -86,7 +100,7 @@ def test_growth_within_the_rate_continues() -> None:
 
 
 def test_zero_growth_rate_stops_when_the_set_stops_shrinking() -> None:
-    policy = PredumpPolicy(mode="adaptive", max_growth_pct=0.0, skip_goal_pct=100.0)
+    policy = policy_of(mode="adaptive", max_growth_pct=0.0, skip_goal_pct=100.0)
     assert decide(policy, [FIRST, SECOND], 4.0).stop is False  # still shrinking
     flat = decide(policy, [FIRST, SECOND, Iteration(3, 1583, 15479)], 6.0)
     assert flat.reason == "not_shrinking"
@@ -95,7 +109,7 @@ def test_zero_growth_rate_stops_when_the_set_stops_shrinking() -> None:
 
 
 def test_deadline_stops_when_another_iteration_would_not_leave_room() -> None:
-    policy = PredumpPolicy(
+    policy = policy_of(
         mode="adaptive", interval_s=10.0, deadline_s=30.0, final_reserve_s=5.0, skip_goal_pct=100
     )
     # elapsed 12 s + next iteration 10 s + final (0.78 + 5) s = 27.8 s: fits
@@ -109,25 +123,25 @@ def test_deadline_stops_when_another_iteration_would_not_leave_room() -> None:
 
 
 def test_deadline_estimates_use_the_slower_of_interval_and_last_cost() -> None:
-    policy = PredumpPolicy(mode="adaptive", interval_s=1.0, final_reserve_s=2.0)
+    policy = policy_of(mode="adaptive", interval_s=1.0, final_reserve_s=2.0)
     slow = Iteration(2, 5000, 12000, predump_s=1.5, transfer_s=3.5)
     assert deadline_estimate(policy, slow) == (5.0, 7.0)
     assert deadline_estimate(policy, SECOND)[0] == 1.0
 
 
 def test_no_deadline_rule_without_a_budget() -> None:
-    policy = PredumpPolicy(mode="adaptive", deadline_s=0.0, skip_goal_pct=100)
+    policy = policy_of(mode="adaptive", deadline_s=0.0, skip_goal_pct=100)
     assert decide(policy, [FIRST], 10_000.0).stop is False
 
 
 def test_convergence_rules_win_over_the_deadline() -> None:
     # both apply: the reason names the workload's behaviour, checked first
-    policy = PredumpPolicy(mode="adaptive", deadline_s=1.0)
+    policy = policy_of(mode="adaptive", deadline_s=1.0)
     assert decide(policy, [FIRST, SECOND], 50.0).reason == "skip_goal"
 
 
 def test_adaptive_stops_at_the_cap() -> None:
-    policy = PredumpPolicy(mode="adaptive", max_iterations=2, skip_goal_pct=100)
+    policy = policy_of(mode="adaptive", max_iterations=2, skip_goal_pct=100)
     decision = decide(policy, [FIRST, SECOND], 3.0)
     assert (decision.stop, decision.reason) == (True, "iterations")
 
@@ -149,18 +163,33 @@ def test_iteration_shares_and_costs() -> None:
     assert SECOND.cost_s == pytest.approx(0.78)
 
 
+def test_the_seed_policy_comes_from_the_settings() -> None:
+    assert PredumpPolicy(
+        mode="fixed", max_iterations=8, interval_s=10.0, min_pages=64, skip_goal_pct=70.0,
+        max_growth_pct=10.0, deadline_s=0.0, final_reserve_s=5.0,
+    ) == SEED  # fmt: skip
+    # no pre-dump deadline of its own: the experiment's deadline_s is the budget
+    assert PredumpPolicy.from_settings({**DEFAULTS, "deadline_s": 30}).deadline_s == 30.0
+    both = {**DEFAULTS, "deadline_s": 30, "predump_deadline_s": 20}
+    assert PredumpPolicy.from_settings(both).deadline_s == 20.0
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("variables", "message"),
     [
-        ({"mode": "smart"}, "predump_mode='smart' is not one of: fixed, adaptive"),
-        ({"max_iterations": 0}, "predump_iterations=0 must be at least 1"),
-        ({"skip_goal_pct": 120.0}, "predump_skip_goal_pct=120.0 must be within 0..100"),
-        ({"interval_s": -1.0}, "interval_s=-1.0 must not be negative"),
+        ({"predump_mode": "smart"}, "predump_mode='smart' is not one of: fixed, adaptive"),
+        ({"predump_iterations": 0}, "predump_iterations=0 is below the minimum 1"),
+        (
+            {"predump_skip_goal_pct": 120},
+            "predump_skip_goal_pct=120.0 % is above the maximum 100.0 %",
+        ),
+        ({"predump_interval": -1}, "predump_interval=-1.0 s is below the minimum 0.0 s"),
     ],
 )
-def test_bad_settings_are_refused_in_the_users_words(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        PredumpPolicy(**kwargs)
+def test_bad_settings_are_refused_by_the_preflight(variables: dict, message: str) -> None:
+    # the policy trusts its settings: their ranges are the preflight's (experiment_plan)
+    _settings, errors = plan_settings(variables, DEFAULTS)
+    assert errors == [message]
 
 
 def test_decide_needs_history() -> None:

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import proc_status
 import pytest
 from proc_status import (
     format_address,
@@ -23,6 +22,7 @@ from proc_status import (
     tracer_of,
     tracers,
 )
+from processes import process_state
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -114,12 +114,27 @@ def test_a_gone_process_gives_an_empty_snapshot() -> None:
     assert process_tree(proc.pid) == []
 
 
+def test_a_zombie_root_is_not_running() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(3)
+    try:
+        deadline = time.monotonic() + 5
+        while process_state(pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert process_state(pid) == "Z"
+        assert process_tree(pid) == []
+        assert snapshot_tree(pid).processes == []
+        assert tracers([pid]) == {}  # a zombie cannot be traced
+    finally:
+        os.waitpid(pid, 0)
+
+
 def test_tracers_of_an_untraced_process() -> None:
     me = os.getpid()
     found = tracers([me])
     assert me in found
     assert tracer_of(me) == found[me]
-    assert proc_status.process_start_ticks(me) is not None
 
 
 def test_format_address() -> None:

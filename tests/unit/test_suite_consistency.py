@@ -52,13 +52,51 @@ def test_module_documents_check_mode_examples_and_returns(name: str) -> None:
         assert {"description", "returned", "type"} <= set(spec), f"{name}: RETURN {key}"
 
 
-def test_group_vars_defaults_match_the_preflights_settings() -> None:
+def test_every_setting_has_its_one_default_in_group_vars_all() -> None:
     import experiment_plan
 
     group_vars = yaml.safe_load((REPO / "group_vars" / "all.yml").read_text())
     for name, spec in experiment_plan.SETTINGS.items():
         assert name in group_vars, f"{name} has no seed default in group_vars/all.yml"
-        assert experiment_plan.coerce(spec, group_vars[name]) == spec.default, name
+        assert experiment_plan.param_errors(spec, group_vars[name]) == [], name
+        # the table holds types and limits only: the default is written once
+        assert spec.default is None, f"{name}: a second default in experiment_plan"
+
+
+def test_the_readme_settings_table_is_generated_from_the_rules() -> None:
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), "scripts/settings_table.py", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_roles_never_re_default_a_setting() -> None:
+    """Roles take the validated migration_settings; a `| default(...)` on one would be a
+    second default that silently disagrees with group_vars/all.yml."""
+    import re
+
+    pattern = re.compile(r"migration_settings\.(\w+)\s*\|\s*default\(")
+    for path in [*REPO.glob("roles/*/*/*.yml"), REPO / "migrate.yml"]:
+        found = pattern.findall(path.read_text())
+        assert not found, f"{path}: re-defaults {found}"
+
+
+def test_the_transfer_doc_fragment_documents_the_shared_options() -> None:
+    from transfer_backends import TRANSFER_OPTIONS
+
+    text = (REPO / "doc_fragments" / "transfer.py").read_text()
+    docs = yaml.safe_load(ast.literal_eval(text[text.index('r"""') + 1 : text.rindex('"""') + 3]))
+    documented = docs["options"]["transfer"]["suboptions"]
+    assert set(documented) == set(TRANSFER_OPTIONS)
+    for name, spec in TRANSFER_OPTIONS.items():
+        doc = documented[name]
+        assert doc["type"] == spec["type"], name
+        assert doc.get("default") == spec.get("default"), name
+        assert doc.get("choices") == spec.get("choices"), name
 
 
 def test_ansible_cfg_wires_the_plugin_folders_and_the_lab() -> None:

@@ -47,6 +47,7 @@ from transfer_backends import (
     run_and_cut,
     run_pipeline,
     ssh_command,
+    tools_for,
     transfer_receive,
     transfer_send,
     zstd_pipeline,
@@ -850,7 +851,7 @@ def test_module_receive_compares_and_fails_naming_the_file(
     outcome = transfer_send(request, FakeRunner(0, FIRST_COPY))
     args = {
         "side": "receive",
-        "method": "rsync",
+        "transfer": {"method": "rsync"},
         "paths": [images, work],
         "verify": True,
         "manifest": outcome.manifest,
@@ -880,7 +881,7 @@ def test_module_send_refuses_missing_paths(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc, result = run_module(
-        {"paths": [str(tmp_path / "nope")], "destination": "10.77.0.12"}, capsys
+        {"paths": [str(tmp_path / "nope")], "transfer": {"destination": "10.77.0.12"}}, capsys
     )
     assert rc == 1
     assert result["msg"].startswith("nothing to send on ")
@@ -888,9 +889,39 @@ def test_module_send_refuses_missing_paths(
 
 
 def test_module_efs_needs_its_paths(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, result = run_module({"method": "efs", "paths": ["/x"]}, capsys)
+    rc, result = run_module({"transfer": {"method": "efs"}, "paths": ["/x"]}, capsys)
     assert rc == 1
-    assert "method is efs but all of the following are missing: efs_path, efs_dir" in result["msg"]
+    assert result["msg"] == "transfer.method=efs needs transfer.efs_path and transfer.efs_dir"
+
+
+def test_module_rsync_needs_a_destination(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, result = run_module({"transfer": {"method": "rsync"}, "paths": [str(tmp_path)]}, capsys)
+    assert rc == 1
+    assert result["msg"].startswith("transfer.method=rsync needs transfer.destination")
+
+
+def test_every_sending_module_takes_the_same_transfer_options() -> None:
+    import checkpoint_transfer
+    import predump_loop
+    from transfer_backends import TRANSFER_OPTIONS, request_from_options
+
+    for module in (checkpoint_transfer, predump_loop):
+        assert "TRANSFER_OPTIONS" in vars(module), module.__name__
+    # every option reaches the request; unset ones take the spec's default
+    request = request_from_options({"destination": "d", "ssh_port": None}, ["/a"])
+    assert request.method == TRANSFER_OPTIONS["method"]["default"] == "rsync"
+    assert request.ssh_port == 22 and request.user == "root" and request.compress == "none"
+
+
+def test_each_backend_names_the_tools_it_runs_on_each_side() -> None:
+    assert tools_for("rsync", "none", "source") == ["rsync", "ssh"]
+    assert tools_for("rsync", "none", "destination") == ["rsync"]
+    assert tools_for("rsync", "zstd", "source") == ["tar", "zstd", "ssh"]
+    assert tools_for("rsync", "zstd", "destination") == ["tar", "zstd"]
+    assert tools_for("efs", "none", "destination") == ["rsync"]
+    assert tools_for("s3", "none", "source") == []  # no backend yet: the preflight refuses it
 
 
 # -- the preflight's transfer rules ------------------------------------------------------------

@@ -1,0 +1,536 @@
+#!/usr/bin/python
+"""Ansible module: the migration's critical path - final dump, transfer, restore - in one call."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: critical_path
+short_description: Final dump, transfer and restore on the destination, in one call on the source
+description:
+  - The fused critical path of a migration (C(critical_path=fused)). Runs on the source; in
+    one process it dumps the workload (C(criu dump)), sends the images and the working
+    directory with a transfer backend (C(module_utils/transfer_backends.py)) and restores
+    the tree on the destination (C(criu restore --restore-detached)), started from here over
+    an SSH master connection to the destination that is opened before the freeze, with the
+    same trust the transfer uses (C(module_utils/ssh_master.py)). No Ansible task boundary
+    lies between the phases.
+  - Everything the freeze does not need is prepared first - the master connection, the
+    destination's folders, the restore's argv. The page server (C(page_server=true)) and a
+    PID taken on purpose (C(inject_fault=restore_pid_busy)) are set up by earlier tasks.
+  - Every critical-path timestamp is taken on the source's monotonic clock, so
+    C(downtime_s) (dump start to the restore having the tree running) needs no clock
+    correction between hosts. Sub-phase timings, CRIU's statistics (the restore's fetched
+    after the restore, off the critical path) and the transfer's figures are returned as
+    C(results) items for the metrics callback, as the stepwise tasks return them.
+  - The module writes its progress, one JSON line per step, to I(journal) on the source, so
+    a recovery can tell where the workload is even if the control node died mid-call.
+  - On a failure the module fails with what was done (C(dumped), C(restored) and the
+    records); the run's rescue then restores the workload on the source from the same
+    images, exactly as after a failed stepwise phase.
+options:
+  criu_bin:
+    description: The source's criu binary. Found in /usr/local/sbin, /usr/sbin or PATH when omitted.
+    type: path
+  dump:
+    description: The final dump's CRIU options (the M(criu) module's names - C(pid),
+      C(images_dir), C(log_file), C(track_mem), C(prev_images_dir), C(page_server),
+      C(address), C(port), C(tcp_established), C(network_lock), C(file_locks)). With
+      C(lazy_pages=true) the dump is network post-copy - it runs in the background and
+      serves the pages (I(lazy_dump_pidfile)).
+    type: dict
+    required: true
+  lazy_dump_pidfile:
+    description: Where a network post-copy dump's PID and companions go (dump.lazy_pages).
+    type: path
+  paths:
+    description: Absolute paths on the source the transfer makes exist on the destination
+      (the final images and the working directory).
+    type: list
+    elements: path
+    required: true
+  verify:
+    description: Checksum the sent files during the send and compare them on the
+      destination (C(sha256sum --check)) before the restore; a mismatch fails the call.
+    type: bool
+    default: false
+  fault:
+    description: C(interrupt) cuts the transfer's SSH connection midway; C(corrupt_image)
+      flips one byte of the largest page image on the destination after the transfer.
+    type: str
+    choices: [none, interrupt, corrupt_image]
+    default: none
+  lazy_pages_daemon:
+    description: The destination's C(criu lazy-pages) options (C(images_dir), C(log_file),
+      C(pidfile), C(page_server), C(address), C(port)); given - it is started after the
+      transfer, before the restore (lazy_pages=true).
+    type: dict
+  restore:
+    description: The restore's CRIU options on the destination (C(images_dir), C(log_file),
+      C(pidfile), C(lazy_pages), C(tcp_established), C(network_lock), C(file_locks)) and
+      C(criu_bin), the destination's criu binary.
+    type: dict
+    required: true
+  journal:
+    description: The progress journal on the source (JSON lines).
+    type: path
+    required: true
+  timeout:
+    description: Seconds each step (dump, transfer, restore) may take.
+    type: int
+    default: 600
+extends_documentation_fragment: [transfer]
+attributes:
+  check_mode:
+    support: partial
+    details: Reports the plan (dump and restore argv) and runs nothing - dumps and restores are
+      never idempotent.
+notes:
+  - Reports C(changed=true).
+  - The destination needs the same login the transfer uses; commands there run as root or
+    under C(sudo -n).
+seealso:
+  - module: criu
+  - module: checkpoint_transfer
+author: CRIU migration suite
+"""
+
+EXAMPLES = r"""
+- name: Final dump, transfer and restore in one call
+  critical_path:
+    dump:
+      pid: "{{ workload_pid }}"
+      images_dir: /var/lib/criu-migration/images/e1/1
+      log_file: /var/lib/criu-migration/images/e1/criu-dump.log
+    paths: [/var/lib/criu-migration/images/e1/1, /var/lib/criu-migration/work/e1]
+    transfer:
+      method: rsync
+      destination: 10.77.0.12
+      ssh_key: /work/main/.lab/id_ed25519
+      known_hosts: /work/main/.lab/known_hosts
+      cipher: aes128-gcm@openssh.com
+    restore:
+      criu_bin: /usr/local/sbin/criu
+      images_dir: /var/lib/criu-migration/images/e1/1
+      log_file: /var/lib/criu-migration/images/e1/criu-restore.log
+      pidfile: /var/lib/criu-migration/images/e1/restored.pid
+    journal: /var/lib/criu-migration/images/e1/critical-path.journal
+  register: migrated
+"""
+
+RETURN = r"""
+downtime_s:
+  description: From the dump's start to the restore having the tree running, on the
+    source's monotonic clock.
+  returned: success
+  type: float
+  sample: 1.42
+dumped:
+  description: The final dump succeeded (the workload is frozen or gone on the source).
+  returned: always
+  type: bool
+  sample: true
+restored:
+  description: The restore succeeded on the destination.
+  returned: always
+  type: bool
+  sample: true
+restore:
+  description: The restore's result - C(pid) of the restored tree, duration, log, stats.
+  returned: success
+  type: dict
+  sample: {pid: 16021, duration_s: 0.21, stats: {restore_s: 0.2}}
+plan:
+  description: The dump and restore argv (what a hand-run floor chains for comparison).
+  returned: always
+  type: dict
+  sample: {dump: [/usr/local/sbin/criu, dump, --images-dir, /i/1], restore: [criu, restore]}
+steps:
+  description: Each step's start and end, seconds after the dump started (source's
+    monotonic clock).
+  returned: always
+  type: dict
+  sample: {dump: [0.0, 0.21], transfer: [0.21, 1.0], restore: [1.01, 1.23]}
+results:
+  description: One item per phase (final_dump, transfer, restore) with its
+    C(migration_metrics), as the stepwise tasks return them.
+  returned: always
+  type: list
+  elements: dict
+migration_metrics:
+  description: The path's own figures (phase C(critical_path)).
+  returned: always
+  type: dict
+  sample: {phase: critical_path, data: {path: fused, downtime_s: 1.42}}
+"""
+
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.criu_cli import first_error, log_tail
+from ansible.module_utils.criu_runner import CriuRunner, find_criu, start_lazy_dump
+from ansible.module_utils.criu_stats import summarize_stats_image
+from ansible.module_utils.faults import CORRUPT_PAGE_IMAGE_SH, parse_corruption
+from ansible.module_utils.processes import ProcessFiles
+from ansible.module_utils.ssh_master import SshMaster, SshMasterError
+from ansible.module_utils.transfer_backends import (
+    TRANSFER_OPTIONS,
+    TransferError,
+    backend_for,
+    request_from_options,
+    sha256sum_check_input,
+    sha256sum_problems,
+    transfer_send,
+)
+
+
+class Journal:
+    """The module's progress on the source, one JSON line per step (read by a recovery)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, step: str, **data: Any) -> None:
+        record = {"step": step, "at": time.time(), "monotonic": time.monotonic(), **data}
+        with self.path.open("a") as out:
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+
+
+class CriticalPathFailed(Exception):
+    """A step failed; what to tell the user (the records say what was done)."""
+
+
+class CriticalPath:
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.params = module.params
+        self.host = platform.node()
+        self.runner = CriuRunner(find_criu(module.get_bin_path, self.params["criu_bin"]))
+        restore = dict(self.params["restore"])
+        self.remote_runner = CriuRunner(restore.pop("criu_bin", None) or "criu", "destination")
+        self.restore_opts = restore
+        self.dump_opts = dict(self.params["dump"])
+        self.results: list[dict[str, Any]] = []
+        self.steps: dict[str, list[float]] = {}
+        self.t0: float | None = None
+        self.dumped = False
+        self.restored = False
+        self.journal = Journal(self.params["journal"])
+        self.master: SshMaster | None = None
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def _since_t0(self, moment: float) -> float:
+        return round(moment - (self.t0 if self.t0 is not None else moment), 6)
+
+    def _step(self, name: str, start: float, end: float) -> None:
+        self.steps[name] = [self._since_t0(start), self._since_t0(end)]
+
+    def _record(self, phase: str, data: dict[str, Any]) -> None:
+        self.results.append({"migration_metrics": {"phase": phase, "data": data}})
+
+    def plan(self) -> dict[str, list[str]]:
+        return {
+            "dump": self.runner.argv("dump", self.dump_opts),
+            "restore": self.remote_runner.argv("restore", self.restore_opts),
+        }
+
+    # -- the steps ---------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Before the freeze: the master connection and the destination's folders."""
+        request = request_from_options(self.params["transfer"], self.params["paths"])
+        self.master = SshMaster(request)
+        try:
+            self.master.open()
+        except SshMasterError as exc:
+            raise CriticalPathFailed(
+                f"{exc} (before the freeze: the workload runs on the source as before)"
+            ) from exc
+        folders = sorted(
+            {
+                str(Path(self.restore_opts["log_file"]).parent),
+                str(Path(self.restore_opts["images_dir"]).parent),
+            }
+        )
+        rc, _out, err = self.master.run(["mkdir", "-p", *folders], 30)
+        if rc != 0:
+            raise CriticalPathFailed(
+                f"cannot create {', '.join(folders)} on {request.destination}: {err.strip()}"
+            )
+        self.journal.write("prepared", plan=self.plan())
+
+    def dump(self) -> None:
+        self.journal.write("dump started", pid=self.dump_opts.get("pid"))
+        t0 = time.monotonic()
+        self.t0 = t0
+        if self.dump_opts.get("lazy_pages"):
+            files = ProcessFiles.at(self.params["lazy_dump_pidfile"])
+            call, pid = start_lazy_dump(self.runner, self.dump_opts, files, self.params["timeout"])
+            extra = {"pid": pid, "lazy_network": True, "serving": call.ok}
+        else:
+            call = self.runner.run("dump", self.dump_opts, self.params["timeout"])
+            extra = {}
+        self._step("dump", call.monotonic_start, call.monotonic_end)
+        data = call.metrics(images_dir=self.dump_opts["images_dir"], cmd=call.argv, **extra)
+        if not call.ok:
+            data["failed"] = True
+            self._record("final_dump", data)
+            self.journal.write("dump failed", rc=call.rc)
+            raise CriticalPathFailed(self.runner.failure(call))
+        self._record("final_dump", data)
+        self.dumped = True
+        self.journal.write("dumped")
+
+    def transfer(self) -> None:
+        assert self.master is not None
+        p = self.params
+        request = request_from_options(
+            p["transfer"],
+            p["paths"],
+            verify=p["verify"],
+            stage="final",
+            page_server=bool(self.dump_opts.get("page_server")),
+            fault="interrupt" if p["fault"] == "interrupt" else "none",
+            ssh_options=self.master.options,
+        )
+        backend = backend_for(request.method, request.compress)
+        started_at, started = time.time(), time.monotonic()
+        try:
+            outcome = transfer_send(request, self.run_local, backend)
+            sent = outcome.record("final")
+            if p["fault"] == "corrupt_image":
+                self.corrupt_on_destination()
+            received = (
+                backend.receive(request, self.master.runner(p["timeout"]))
+                if backend.two_sided
+                else None
+            )
+        except (TransferError, ValueError) as exc:
+            self._step("transfer", started, time.monotonic())
+            self.journal.write("transfer failed")
+            raise CriticalPathFailed(
+                f"{request.method} transfer from {self.host} failed: {exc}"
+            ) from exc
+        verify = sent.get("verify", "off")
+        problems: list[str] = []
+        if outcome.manifest is not None and isinstance(verify, dict):
+            t_check = time.monotonic()
+            rc, out, err = self.master.run(
+                ["sha256sum", "--check", "--quiet", "--strict"],
+                p["timeout"],
+                stdin=sha256sum_check_input(outcome.manifest).encode(),
+            )
+            problems = sha256sum_problems(rc, out + err, outcome.manifest)
+            verify = {
+                **verify,
+                "destination_s": round(time.monotonic() - t_check, 6),
+                "ok": not problems,
+                "mismatches": problems,
+            }
+        ended = time.monotonic()
+        self._step("transfer", started, ended)
+        record = {
+            **sent,
+            "verify": verify,
+            "duration_s": round(ended - started, 6),
+            "started_at": started_at,
+        }
+        if received is not None:
+            record["receive"] = {
+                k: received.as_dict()[k]
+                for k in ("duration_s", "bytes", "files", "throughput_mb_s")
+            }
+            record["dest_paths"] = sorted({*sent.get("dest_paths", []), *received.dest_paths})
+        record["throughput_mb_s"] = round(
+            record.get("bytes", 0) / 1e6 / record["duration_s"], 3
+        ) if record["duration_s"] > 0 else 0.0  # fmt: skip
+        self._record("transfer", record)
+        if problems:
+            self.journal.write("transfer verification failed")
+            raise CriticalPathFailed(
+                f"checksum mismatch on the destination after the {request.method} transfer, so "
+                f"the restore is not attempted: {'; '.join(problems)}"
+            )
+        self.journal.write("transferred", dest_paths=record.get("dest_paths", []))
+
+    def corrupt_on_destination(self) -> None:
+        """inject_fault=corrupt_image: one byte of the largest page image flips there."""
+        assert self.master is not None
+        folder = self.restore_opts["images_dir"]
+        rc, out, err = self.master.run(["sh", "-c", CORRUPT_PAGE_IMAGE_SH, "corrupt", folder], 60)
+        if rc != 0:
+            raise TransferError(f"inject_fault=corrupt_image failed on the destination: {err}")
+        self._record("fault", {"fault": "corrupt_image", "corrupted": parse_corruption(out)})
+
+    def restore(self) -> None:
+        assert self.master is not None
+        daemon = self.params["lazy_pages_daemon"]
+        if daemon:
+            self.start_lazy_pages(dict(daemon))
+        self.journal.write("restore started")
+        argv = self.remote_runner.argv("restore", self.restore_opts)
+        started_at, started = time.time(), time.monotonic()
+        rc, out, err = self.master.run(argv, self.params["timeout"])
+        ended, finished_at = time.monotonic(), time.time()
+        self._step("restore", started, ended)
+        data: dict[str, Any] = {
+            "duration_s": round(ended - started, 6),
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "log_file": self.restore_opts["log_file"],
+            "images_dir": self.restore_opts["images_dir"],
+            "cmd": argv,
+            "clock": "source",
+        }
+        if rc != 0:
+            log = self.master.read_bytes(self.restore_opts["log_file"]) or b""
+            text = log.decode(errors="replace")
+            reason = first_error(text) or first_error(out + err) or log_tail(out + err, 3)
+            data.update(failed=True, rc=rc, log_tail=log_tail(text))
+            self._record("restore", data)
+            self.journal.write("restore failed", rc=rc)
+            raise CriticalPathFailed(
+                f"criu restore failed on the destination (rc={rc}): {reason or 'no error line'}; "
+                f"log: {self.restore_opts['log_file']}"
+            )
+        self.restored = True
+        # off the critical path: the restored PID and CRIU's own figures
+        pid_text = (self.master.read_bytes(self.restore_opts["pidfile"]) or b"").decode().strip()
+        data["pid"] = int(pid_text) if pid_text.isdigit() else None
+        data["stats"] = self.remote_stats()
+        self._record("restore", data)
+        self.journal.write("restored", pid=data["pid"])
+
+    def start_lazy_pages(self, daemon: dict[str, Any]) -> None:
+        """criu lazy-pages on the destination, after the transfer (it reads the images), with
+        what criu_daemon state=stopped needs beside its pidfile."""
+        assert self.master is not None
+        argv = self.remote_runner.argv("lazy-pages", daemon)
+        started_at = time.time()
+        rc, out, err = self.master.run(argv, self.params["timeout"])
+        if rc != 0:
+            raise CriticalPathFailed(
+                f"criu lazy-pages did not start on the destination (rc={rc}): "
+                f"{log_tail(out + err, 3)}; log: {daemon.get('log_file')}"
+            )
+        pid_text = (self.master.read_bytes(daemon["pidfile"]) or b"").decode().strip()
+        meta = {
+            "daemon": "lazy-pages",
+            "pid": int(pid_text) if pid_text.isdigit() else None,
+            "started_at": started_at,
+            "serving_at": time.time(),
+            "log_file": daemon.get("log_file"),
+            "images_dir": daemon.get("images_dir"),
+            "address": daemon.get("address"),
+            "port": daemon.get("port"),
+        }
+        meta_file = str(ProcessFiles.at(daemon["pidfile"]).meta_file)
+        self.master.run(
+            ["sh", "-c", 'cat > "$1"', "meta", meta_file], 30, json.dumps(meta).encode()
+        )
+
+    def remote_stats(self) -> dict[str, Any]:
+        """The destination's stats-restore, decoded here."""
+        assert self.master is not None
+        raw = self.master.read_bytes(f"{self.restore_opts['images_dir']}/stats-restore")
+        if not raw:
+            return {}
+        with tempfile.NamedTemporaryFile(suffix=".img") as image:
+            image.write(raw)
+            image.flush()
+            return summarize_stats_image(image.name).get("restore", {})
+
+    def run_local(self, argv: list[str]) -> tuple[int, str, str]:
+        return self.module.run_command(argv, check_rc=False)
+
+    # -- the call ----------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        failure = ""
+        try:
+            self.prepare()
+            self.dump()
+            self.transfer()
+            self.restore()
+        except CriticalPathFailed as exc:
+            failure = str(exc)
+        finally:
+            if self.master is not None:
+                self.master.close()
+        result = self.outcome()
+        if failure:
+            self.module.fail_json(msg=failure, **result)
+        return result
+
+    def outcome(self) -> dict[str, Any]:
+        restore = next(
+            (
+                item["migration_metrics"]["data"]
+                for item in self.results
+                if item["migration_metrics"]["phase"] == "restore"
+            ),
+            {},
+        )
+        downtime = self.steps["restore"][1] if self.restored else None
+        phases_s = sum(end - start for start, end in self.steps.values())
+        data = {
+            "path": "fused",
+            "clock": f"monotonic clock of {self.host} (the source)",
+            "downtime_s": downtime,
+            "steps": self.steps,
+            "phases_s": round(phases_s, 6),
+            "orchestration_gap_s": round(downtime - phases_s, 6) if downtime is not None else None,
+            "dumped": self.dumped,
+            "restored": self.restored,
+            "journal": str(self.journal.path),
+        }
+        self.journal.write("done" if self.restored else "stopped", downtime_s=downtime)
+        return {
+            "changed": True,
+            "dumped": self.dumped,
+            "restored": self.restored,
+            "downtime_s": downtime,
+            "restore": restore if self.restored else {},
+            "plan": self.plan(),
+            "steps": self.steps,
+            "results": self.results,
+            "migration_metrics": {"phase": "critical_path", "data": data},
+        }
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "criu_bin": {"type": "path"},
+            "dump": {"type": "dict", "required": True},
+            "lazy_dump_pidfile": {"type": "path"},
+            "paths": {"type": "list", "elements": "path", "required": True},
+            "transfer": {"type": "dict", "required": True, "options": TRANSFER_OPTIONS},
+            "verify": {"type": "bool", "default": False},
+            "fault": {
+                "type": "str",
+                "default": "none",
+                "choices": ["none", "interrupt", "corrupt_image"],
+            },
+            "lazy_pages_daemon": {"type": "dict"},
+            "restore": {"type": "dict", "required": True},
+            "journal": {"type": "path", "required": True},
+            "timeout": {"type": "int", "default": 600},
+        },
+        supports_check_mode=True,
+    )
+    path = CriticalPath(module)
+    if module.check_mode:
+        module.exit_json(changed=True, plan=path.plan(), msg="check mode: nothing was run")
+    if module.params["dump"].get("lazy_pages") and not module.params["lazy_dump_pidfile"]:
+        module.fail_json(msg="a network post-copy dump (dump.lazy_pages) needs lazy_dump_pidfile")
+    module.exit_json(**path.run())
+
+
+if __name__ == "__main__":
+    main()
