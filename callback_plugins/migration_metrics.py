@@ -138,7 +138,8 @@ class CallbackModule(CallbackBase):
         if phase == "transfer" and data.get("dest_paths"):
             journal["images"]["destination"].extend(data["dest_paths"])
         if phase == "restore":
-            journal["location"] = side
+            # a restore started from the source over SSH (fused) ran on the destination
+            journal["location"] = data.get("ran_on") or side
         elif phase in _LOCATION_AFTER:
             journal["location"] = _LOCATION_AFTER[phase]
         elif phase not in ("predump", "transfer"):
@@ -181,7 +182,10 @@ class CallbackModule(CallbackBase):
                     # the control node's clock around the read, for the offset estimate
                     phase_data["control_start"], phase_data["control_end"] = started[1], time.time()
                 pair.add(metrics["phase"], phase_data, host)
-                if status == "ok":  # the journal follows what really happened
+                # The journal follows what really happened: a task that succeeded, or a step
+                # of a failed multi-step call (the fused critical path) that did not fail.
+                done = status == "ok" or (data is not payload and not phase_data.get("failed"))
+                if done:
                     self._journal_event(pair, metrics["phase"], phase_data, host)
 
     # -- events ----------------------------------------------------------------------
@@ -211,7 +215,9 @@ class CallbackModule(CallbackBase):
             payload = failed_items[0]
         role = self._role(result.task)
         pair.failure = {
-            "phase": ROLE_PHASES.get(role or "", role or "playbook"),
+            # a module doing several phases in one call (the fused critical path) names the
+            # one that failed
+            "phase": payload.get("failed_phase") or ROLE_PHASES.get(role or "", role or "playbook"),
             "role": role,
             "task": result.task.get_name(),
             "host": host,

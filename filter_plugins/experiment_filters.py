@@ -16,7 +16,7 @@ from experiment_plan import (
     plan_experiment,
     required_ports,
 )
-from transfer_backends import tools_for
+from transfer_backends import request_from_options, ssh_command, tools_for
 from workload_registry import load_registry
 
 
@@ -63,6 +63,13 @@ def migration_transfer_tools(settings: dict[str, Any], side: str) -> list[str]:
     return tools_for(settings["transfer"], settings["transfer_compress"], side)
 
 
+def migration_ssh_argv(link: dict[str, Any], remote: list[str]) -> list[str]:
+    """The ssh argv that runs `remote` on the destination with the transfer's trust (key,
+    pinned known_hosts, port, cipher): what the transfer and the fused critical path use."""
+    request = request_from_options(link, ["/"])
+    return [*ssh_command(request), f"{request.user}@{request.destination}", "--", *remote]
+
+
 def migration_port_message(item: dict[str, Any], host: str) -> str:
     return f"port {item['port']} is already in use on {host} (needed by {item['why']})"
 
@@ -75,4 +82,5 @@ class FilterModule:
             "migration_ports": migration_ports,
             "migration_port_message": migration_port_message,
             "migration_transfer_tools": migration_transfer_tools,
+            "migration_ssh_argv": migration_ssh_argv,
         }

@@ -157,6 +157,12 @@ results:
   returned: always
   type: list
   elements: dict
+failed_phase:
+  description: On a failure, the phase of the step that failed (C(final_dump), C(transfer),
+    C(restore); C(critical_path) before the freeze) - the metrics file the failure under it.
+  returned: failure
+  type: str
+  sample: restore
 migration_metrics:
   description: The path's own figures (phase C(critical_path)).
   returned: always
@@ -172,9 +178,14 @@ from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.criu_cli import first_error, log_tail
-from ansible.module_utils.criu_runner import CriuRunner, find_criu, start_lazy_dump
-from ansible.module_utils.criu_stats import summarize_stats_image
+from ansible.module_utils.criu_cli import log_tail
+from ansible.module_utils.criu_runner import (
+    CriuRunner,
+    daemon_meta,
+    find_criu,
+    start_lazy_dump,
+)
+from ansible.module_utils.criu_stats import CriuStatsError, summarize_stats_image
 from ansible.module_utils.faults import CORRUPT_PAGE_IMAGE_SH, parse_corruption
 from ansible.module_utils.processes import ProcessFiles
 from ansible.module_utils.ssh_master import SshMaster, SshMasterError
@@ -182,6 +193,7 @@ from ansible.module_utils.transfer_backends import (
     TRANSFER_OPTIONS,
     TransferError,
     backend_for,
+    combine_sides,
     request_from_options,
     sha256sum_check_input,
     sha256sum_problems,
@@ -194,17 +206,23 @@ class Journal:
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, step: str, **data: Any) -> None:
         record = {"step": step, "at": time.time(), "monotonic": time.monotonic(), **data}
+        # its folder is made at the first step, not before: check mode writes nothing
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as out:
             out.write(json.dumps(record) + "\n")
             out.flush()
 
 
 class CriticalPathFailed(Exception):
-    """A step failed; what to tell the user (the records say what was done)."""
+    """A step failed; what to tell the user (the records say what was done), and the
+    phase it belongs to (the metrics file the failure under it, as for a stepwise task)."""
+
+    def __init__(self, message: str, phase: str) -> None:
+        super().__init__(message)
+        self.phase = phase
 
 
 class CriticalPath:
@@ -224,6 +242,8 @@ class CriticalPath:
         self.restored = False
         self.journal = Journal(self.params["journal"])
         self.master: SshMaster | None = None
+        # the phase of the step under way: an unexpected error is filed under it
+        self.phase = "critical_path"
 
     # -- bookkeeping -------------------------------------------------------------------
     def _since_t0(self, moment: float) -> float:
@@ -250,45 +270,53 @@ class CriticalPath:
             self.master.open()
         except SshMasterError as exc:
             raise CriticalPathFailed(
-                f"{exc} (before the freeze: the workload runs on the source as before)"
+                f"{exc} (before the freeze: the workload runs on the source as before)",
+                "critical_path",
             ) from exc
         folders = sorted(
             {
-                str(Path(self.restore_opts["log_file"]).parent),
-                str(Path(self.restore_opts["images_dir"]).parent),
+                str(Path(self.restore_opts[key]).parent)
+                for key in ("log_file", "images_dir")
+                if self.restore_opts.get(key)
             }
         )
         rc, _out, err = self.master.run(["mkdir", "-p", *folders], 30)
         if rc != 0:
             raise CriticalPathFailed(
-                f"cannot create {', '.join(folders)} on {request.destination}: {err.strip()}"
+                f"cannot create {', '.join(folders)} on {request.destination}: {err.strip()}",
+                "critical_path",
             )
         self.journal.write("prepared", plan=self.plan())
 
     def dump(self) -> None:
+        self.phase = "final_dump"
         self.journal.write("dump started", pid=self.dump_opts.get("pid"))
-        t0 = time.monotonic()
-        self.t0 = t0
         if self.dump_opts.get("lazy_pages"):
             files = ProcessFiles.at(self.params["lazy_dump_pidfile"])
             call, pid = start_lazy_dump(self.runner, self.dump_opts, files, self.params["timeout"])
+            if call.ok:  # criu_daemon state=stopped collects it after the restore
+                files.write_meta(daemon_meta("lazy-dump", call, pid, self.dump_opts))
             extra = {"pid": pid, "lazy_network": True, "serving": call.ok}
         else:
             call = self.runner.run("dump", self.dump_opts, self.params["timeout"])
             extra = {}
+        # the clock starts with CRIU's start (the folders CRIU needs were made before it):
+        # the dump step starts at 0.0 and the downtime runs from the dump's start
+        self.t0 = call.monotonic_start
         self._step("dump", call.monotonic_start, call.monotonic_end)
         data = call.metrics(images_dir=self.dump_opts["images_dir"], cmd=call.argv, **extra)
         if not call.ok:
             data["failed"] = True
             self._record("final_dump", data)
             self.journal.write("dump failed", rc=call.rc)
-            raise CriticalPathFailed(self.runner.failure(call))
+            raise CriticalPathFailed(self.runner.failure(call), "final_dump")
         self._record("final_dump", data)
         self.dumped = True
         self.journal.write("dumped")
 
     def transfer(self) -> None:
         assert self.master is not None
+        self.phase = "transfer"
         p = self.params
         request = request_from_options(
             p["transfer"],
@@ -315,7 +343,7 @@ class CriticalPath:
             self._step("transfer", started, time.monotonic())
             self.journal.write("transfer failed")
             raise CriticalPathFailed(
-                f"{request.method} transfer from {self.host} failed: {exc}"
+                f"{request.method} transfer from {self.host} failed: {exc}", "transfer"
             ) from exc
         verify = sent.get("verify", "off")
         problems: list[str] = []
@@ -333,29 +361,18 @@ class CriticalPath:
                 "ok": not problems,
                 "mismatches": problems,
             }
-        ended = time.monotonic()
-        self._step("transfer", started, ended)
-        record = {
-            **sent,
-            "verify": verify,
-            "duration_s": round(ended - started, 6),
-            "started_at": started_at,
-        }
-        if received is not None:
-            record["receive"] = {
-                k: received.as_dict()[k]
-                for k in ("duration_s", "bytes", "files", "throughput_mb_s")
-            }
-            record["dest_paths"] = sorted({*sent.get("dest_paths", []), *received.dest_paths})
-        record["throughput_mb_s"] = round(
-            record.get("bytes", 0) / 1e6 / record["duration_s"], 3
-        ) if record["duration_s"] > 0 else 0.0  # fmt: skip
+        self._step("transfer", started, time.monotonic())
+        # the same record as the stepwise send + receive: totals over send, receive, check
+        record = combine_sides(sent, received.as_dict() if received else None, verify)
+        record["dest_paths"] = sorted({*sent.get("dest_paths", []), *record["dest_paths"]})
+        record["started_at"] = started_at
         self._record("transfer", record)
         if problems:
             self.journal.write("transfer verification failed")
             raise CriticalPathFailed(
                 f"checksum mismatch on the destination after the {request.method} transfer, so "
-                f"the restore is not attempted: {'; '.join(problems)}"
+                f"the restore is not attempted: {'; '.join(problems)}",
+                "transfer",
             )
         self.journal.write("transferred", dest_paths=record.get("dest_paths", []))
 
@@ -370,40 +387,40 @@ class CriticalPath:
 
     def restore(self) -> None:
         assert self.master is not None
+        self.phase = "restore"
         daemon = self.params["lazy_pages_daemon"]
         if daemon:
             self.start_lazy_pages(dict(daemon))
         self.journal.write("restore started")
-        argv = self.remote_runner.argv("restore", self.restore_opts)
-        started_at, started = time.time(), time.monotonic()
-        rc, out, err = self.master.run(argv, self.params["timeout"])
-        ended, finished_at = time.monotonic(), time.time()
-        self._step("restore", started, ended)
-        data: dict[str, Any] = {
-            "duration_s": round(ended - started, 6),
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "log_file": self.restore_opts["log_file"],
-            "images_dir": self.restore_opts["images_dir"],
-            "cmd": argv,
-            "clock": "source",
-        }
-        if rc != 0:
-            log = self.master.read_bytes(self.restore_opts["log_file"]) or b""
-            text = log.decode(errors="replace")
-            reason = first_error(text) or first_error(out + err) or log_tail(out + err, 3)
-            data.update(failed=True, rc=rc, log_tail=log_tail(text))
+        # the restore runs there, timed here: its end is on the source's clock too
+        call = self.remote_runner.run(
+            "restore", self.restore_opts, self.params["timeout"], via=self.master.argv
+        )
+        self._step("restore", call.monotonic_start, call.monotonic_end)
+        # timed here (clock: source), run there (ran_on: where the workload now is)
+        data = call.metrics(
+            images_dir=self.restore_opts["images_dir"],
+            cmd=call.argv,
+            clock="source",
+            ran_on="destination",
+        )
+        if not call.ok:
+            log_text = (self.master.read_bytes(call.log_file) or b"").decode(errors="replace")
+            data.update(failed=True, rc=call.rc, log_tail=log_tail(log_text))
             self._record("restore", data)
-            self.journal.write("restore failed", rc=rc)
+            self.journal.write("restore failed", rc=call.rc)
             raise CriticalPathFailed(
-                f"criu restore failed on the destination (rc={rc}): {reason or 'no error line'}; "
-                f"log: {self.restore_opts['log_file']}"
+                f"criu restore failed on the destination (rc={call.rc}): "
+                f"{call.reason(log_text) or 'no error line'}; log: {call.log_file}",
+                "restore",
             )
         self.restored = True
         # off the critical path: the restored PID and CRIU's own figures
-        pid_text = (self.master.read_bytes(self.restore_opts["pidfile"]) or b"").decode().strip()
-        data["pid"] = int(pid_text) if pid_text.isdigit() else None
-        data["stats"] = self.remote_stats()
+        data["pid"] = self.remote_pid(self.restore_opts["pidfile"])
+        try:
+            data["stats"] = self.remote_stats()
+        except CriuStatsError as exc:  # the tree runs there: a bad stats image must not hide it
+            data["stats"], data["stats_error"] = {}, str(exc)
         self._record("restore", data)
         self.journal.write("restored", pid=data["pid"])
 
@@ -411,29 +428,23 @@ class CriticalPath:
         """criu lazy-pages on the destination, after the transfer (it reads the images), with
         what criu_daemon state=stopped needs beside its pidfile."""
         assert self.master is not None
-        argv = self.remote_runner.argv("lazy-pages", daemon)
-        started_at = time.time()
-        rc, out, err = self.master.run(argv, self.params["timeout"])
-        if rc != 0:
-            raise CriticalPathFailed(
-                f"criu lazy-pages did not start on the destination (rc={rc}): "
-                f"{log_tail(out + err, 3)}; log: {daemon.get('log_file')}"
-            )
-        pid_text = (self.master.read_bytes(daemon["pidfile"]) or b"").decode().strip()
-        meta = {
-            "daemon": "lazy-pages",
-            "pid": int(pid_text) if pid_text.isdigit() else None,
-            "started_at": started_at,
-            "serving_at": time.time(),
-            "log_file": daemon.get("log_file"),
-            "images_dir": daemon.get("images_dir"),
-            "address": daemon.get("address"),
-            "port": daemon.get("port"),
-        }
-        meta_file = str(ProcessFiles.at(daemon["pidfile"]).meta_file)
-        self.master.run(
-            ["sh", "-c", 'cat > "$1"', "meta", meta_file], 30, json.dumps(meta).encode()
+        call = self.remote_runner.run(
+            "lazy-pages", daemon, self.params["timeout"], via=self.master.argv
         )
+        pid = self.remote_pid(daemon["pidfile"])
+        if not call.ok or pid is None:
+            raise CriticalPathFailed(
+                f"criu lazy-pages did not start on the destination (rc={call.rc}): "
+                f"{log_tail(call.output, 3)}; log: {call.log_file}",
+                "restore",
+            )
+        meta = json.dumps(daemon_meta("lazy-pages", call, pid, daemon))
+        meta_file = str(ProcessFiles.at(daemon["pidfile"]).meta_file)
+        self.master.run(["sh", "-c", 'cat > "$1"', "meta", meta_file], 30, meta.encode())
+
+    def remote_pid(self, pidfile: str) -> int | None:
+        text = (self.master.read_bytes(pidfile) or b"").decode().strip() if self.master else ""
+        return int(text) if text.isdigit() else None
 
     def remote_stats(self) -> dict[str, Any]:
         """The destination's stats-restore, decoded here."""
@@ -451,20 +462,25 @@ class CriticalPath:
 
     # -- the call ----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        failure = ""
+        failure: CriticalPathFailed | None = None
         try:
             self.prepare()
             self.dump()
             self.transfer()
             self.restore()
         except CriticalPathFailed as exc:
-            failure = str(exc)
+            failure = exc
+        except Exception as exc:  # reported with what was done (dumped!), never a traceback
+            failure = CriticalPathFailed(
+                f"unexpected error during the {self.phase} step: {type(exc).__name__}: {exc}",
+                self.phase,
+            )
         finally:
             if self.master is not None:
                 self.master.close()
         result = self.outcome()
-        if failure:
-            self.module.fail_json(msg=failure, **result)
+        if failure is not None:
+            self.module.fail_json(msg=str(failure), failed_phase=failure.phase, **result)
         return result
 
     def outcome(self) -> dict[str, Any]:
@@ -525,8 +541,12 @@ def main() -> None:
         supports_check_mode=True,
     )
     path = CriticalPath(module)
+    try:  # before anything runs: options CRIU cannot take fail here, not after the freeze
+        plan = path.plan()
+    except ValueError as exc:
+        module.fail_json(msg=f"critical_path: {exc}")
     if module.check_mode:
-        module.exit_json(changed=True, plan=path.plan(), msg="check mode: nothing was run")
+        module.exit_json(changed=True, plan=plan, msg="check mode: nothing was run")
     if module.params["dump"].get("lazy_pages") and not module.params["lazy_dump_pidfile"]:
         module.fail_json(msg="a network post-copy dump (dump.lazy_pages) needs lazy_dump_pidfile")
     module.exit_json(**path.run())

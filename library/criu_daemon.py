@@ -207,18 +207,23 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.criu_cli import (
-    LAZY_DUMP_SERVING,
     log_tail,
     summarize_lazy_dump_log,
     summarize_lazy_pages_log,
     summarize_page_server_log,
 )
-from ansible.module_utils.criu_runner import CriuCall, CriuRunner, find_criu, read_stats
+from ansible.module_utils.criu_runner import (
+    CriuCall,
+    CriuRunner,
+    daemon_meta,
+    find_criu,
+    read_stats,
+    start_lazy_dump,
+)
 from ansible.module_utils.criu_stats import DEFAULT_PAGE_SIZE
 from ansible.module_utils.processes import (
     ProcessFiles,
     is_alive,
-    start_detached,
     terminate,
     wait_until,
 )
@@ -283,19 +288,7 @@ class CriuDaemon:
 
     def _meta(self, call: CriuCall, pid: int) -> dict[str, Any]:
         """What state=stopped needs to know about a process it did not start."""
-        p = self.params
-        return {
-            "daemon": self.daemon,
-            "pid": pid,
-            "started_at": call.started_at,
-            "serving_at": call.finished_at,
-            "duration_s": call.duration_s,
-            "log_file": call.log_file,
-            "images_dir": p["images_dir"],
-            "address": p["address"],
-            "port": p["port"],
-            "metrics_phase": p["metrics_phase"],
-        }
+        return daemon_meta(self.daemon, call, pid, self.params, self.params["metrics_phase"])
 
     def _fail_call(self, runner: CriuRunner, call: CriuCall) -> None:
         log_text = call.log_text()
@@ -313,32 +306,8 @@ class CriuDaemon:
         self, runner: CriuRunner, opts: dict[str, Any], argv: list[str]
     ) -> dict[str, Any]:
         """Network post-copy: the dump runs in the background; return once it serves pages."""
-        runner.prepare("dump", opts)
-        log_file = Path(opts["log_file"])
-        log_file.unlink(missing_ok=True)  # the marker looked for below must be this dump's
-        self.files.clear(keep_output=False)
-        call = CriuCall(action="dump", argv=argv, log_file=str(log_file))
-        call.started_at, call.monotonic_start = time.time(), time.monotonic()
-        pid = start_detached(argv, output=self.files.output, exit_file=self.files.exit_file)
-        self.files.write_pid(pid)
-
-        def log_text() -> str:
-            return log_file.read_text(errors="replace") if log_file.exists() else ""
-
-        serving = wait_until(
-            lambda: LAZY_DUMP_SERVING in log_text() or self.files.read_exit() is not None,
-            opts["timeout"],
-        )
-        call.monotonic_end, call.finished_at = time.monotonic(), time.time()
-        if not serving or LAZY_DUMP_SERVING not in log_text():
-            if is_alive(pid):
-                terminate(pid, group=True)
-            ended = self.files.read_exit()
-            call.rc = -1 if ended is None else ended[0]
-            call.timed_out = not serving
-            out = self.files.output
-            call.output = out.read_text(errors="replace") if out.exists() else ""
-            self.files.clear()
+        call, pid = start_lazy_dump(runner, opts, self.files, opts["timeout"])
+        if not call.ok:
             self._fail_call(runner, call)
         self.files.write_meta(self._meta(call, pid))
         data = call.metrics(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,21 +115,23 @@ class CriuRunner:
         action: str,
         opts: dict[str, Any],
         timeout_s: float,
-        prefix: Sequence[str] = (),
+        via: Callable[[list[str]], list[str]] | None = None,
     ) -> CriuCall:
-        """Run `criu <action>` (after `prefix`, e.g. an ssh command) and time it.
+        """Run `criu <action>` and time it (on this host's clocks). `via` turns the argv into
+        the command that runs it elsewhere (e.g. `SshMaster.argv`: on the destination); CRIU's
+        files are then not here, so nothing is prepared or read back.
 
         Never raises for CRIU's failures: the caller reads `call.ok` and `call.reason()`.
         """
         argv = self.argv(action, opts)
-        if not prefix:
+        if via is None:
             self.prepare(action, opts)
         call = CriuCall(action=action, argv=argv, log_file=str(opts.get("log_file") or ""))
         call.started_at = time.time()
         call.monotonic_start = time.monotonic()
         try:
             proc = subprocess.run(
-                [*prefix, *argv],
+                argv if via is None else via(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -144,7 +146,7 @@ class CriuRunner:
             call.output = (exc.output or b"").decode(errors="replace")[-4000:]
         call.monotonic_end = time.monotonic()
         call.finished_at = time.time()
-        if not prefix and call.ok:
+        if via is None and call.ok:
             call.stats = read_stats(action, Path(opts.get("work_dir") or opts["images_dir"]))
         return call
 
@@ -226,3 +228,22 @@ def start_lazy_dump(
     call.output = files.output.read_text(errors="replace") if files.output.exists() else ""
     files.clear()
     return call, pid
+
+
+def daemon_meta(
+    daemon: str, call: CriuCall, pid: int, opts: dict[str, Any], metrics_phase: str | None = None
+) -> dict[str, Any]:
+    """What stopping a CRIU background process needs to know about its start (written
+    beside its pidfile: ProcessFiles.meta_file), whoever started it."""
+    return {
+        "daemon": daemon,
+        "pid": pid,
+        "started_at": call.started_at,
+        "serving_at": call.finished_at,
+        "duration_s": call.duration_s,
+        "log_file": call.log_file,
+        "images_dir": opts.get("images_dir"),
+        "address": opts.get("address"),
+        "port": opts.get("port"),
+        "metrics_phase": metrics_phase,
+    }

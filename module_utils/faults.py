@@ -30,8 +30,10 @@ echo "$f $offset $old $new"
 
 def parse_corruption(output: str) -> dict[str, Any]:
     """What CORRUPT_PAGE_IMAGE_SH altered: file, offset, old and new byte."""
-    fields = (output or "").strip().split()
-    if len(fields) != 4:
-        return {"output": (output or "").strip()}
+    text = (output or "").strip()
+    # the three numbers are the last words: the file's path may hold spaces
+    fields = text.rsplit(maxsplit=3)
+    if len(fields) != 4 or not all(field.isdigit() for field in fields[1:]):
+        return {"output": text}
     path, offset, old, new = fields
     return {"file": path, "offset": int(offset), "old": int(old), "new": int(new)}

@@ -246,6 +246,9 @@ def _restore_section(pair: PairRecord) -> dict[str, Any] | None:
         "finished_at": iso_utc(restore.get("finished_at")),
         "pid": restore.get("pid"),
         "stats": restore.get("stats", {}),
+        # whose clock finished_at is on: the destination's (stepwise), or the source's when
+        # the fused critical path timed the restore from there
+        "clock": restore.get("clock") or ("destination" if restore else None),
     }
     for extra in daemons:
         section[extra] = {k: v for k, v in pair.last(extra).items() if k != "host"}
@@ -323,14 +326,27 @@ def critical_path_figures(pair: PairRecord, offsets: dict[str, Any]) -> dict[str
         end = on_source_clock(restore, "finished_at", offsets)
         start = dump.get("started_at")
         downtime = round(end - float(start), 6) if end is not None and start else None
-        corrected = restore.get("host") == offsets.get("destination_host")
-        figures.update(
-            clock="the source's (the restore's end corrected by the measured clock offset)"
-            if corrected
-            else "the source's",
-            uncertainty_s=offsets.get("uncertainty_s") if corrected else 0.0,
-            offset_applied_s=offsets.get("destination_minus_source_s") if corrected else 0.0,
+        # the same test as on_source_clock's: a restore timed on the source is not corrected
+        on_destination = restore.get("clock") != "source" and restore.get("host") == offsets.get(
+            "destination_host"
         )
+        measured = offsets.get("destination_minus_source_s") is not None
+        if on_destination and measured:
+            figures.update(
+                clock="the source's (the restore's end corrected by the measured clock offset)",
+                uncertainty_s=offsets.get("uncertainty_s"),
+                offset_applied_s=offsets.get("destination_minus_source_s"),
+            )
+        elif on_destination:
+            # no offset was measured: nothing was corrected, and the error is unknown
+            figures.update(
+                clock="two clocks (the restore's end on the destination's, not corrected: "
+                "no clock offset was measured)",
+                uncertainty_s=None,
+                offset_applied_s=0.0,
+            )
+        else:
+            figures.update(clock="the source's", uncertainty_s=0.0, offset_applied_s=0.0)
     figures["downtime_s"] = downtime
     figures["orchestration_gap_s"] = (
         round(downtime - phases_s, 6) if downtime is not None and phases_s is not None else None

@@ -702,21 +702,54 @@ def compare_manifest(
     return problems
 
 
+def _sha256sum_line(path: str, digest: str) -> str:
+    """One line of a checksum file. A name with a newline or a backslash is escaped the way
+    sha256sum writes it (a leading backslash, then \\\\ and \\n), else the newline would
+    split the line (--strict: "improperly formatted", a mismatch that is not one)."""
+    if "\n" not in path and "\\" not in path:
+        return f"{digest}  {path}\n"
+    escaped = path.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"\\{digest}  {escaped}\n"
+
+
+def _sha256sum_name(text: str) -> str:
+    """A file name as sha256sum prints it, unescaped (a leading backslash marks escapes)."""
+    if not text.startswith("\\"):
+        return text
+    out, chars = [], iter(text[1:])
+    for char in chars:
+        if char == "\\":
+            nxt = next(chars, "")
+            out.append({"n": "\n", "r": "\r", "\\": "\\"}.get(nxt, "\\" + nxt))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def sha256sum_check_input(manifest: dict[str, dict[str, Any]]) -> str:
     """The manifest as `sha256sum --check` reads it: one "<digest>  <path>" line per file
     (the comparison where no module runs: on the destination, over SSH)."""
-    return "".join(f"{entry[CHECKSUM]}  {path}\n" for path, entry in sorted(manifest.items()))
+    return "".join(
+        _sha256sum_line(path, entry[CHECKSUM]) for path, entry in sorted(manifest.items())
+    )
 
 
 def sha256sum_problems(rc: int, output: str, manifest: dict[str, dict[str, Any]]) -> list[str]:
-    """What `sha256sum --check --quiet --strict` found: one line per file that differs or
-    is missing (its own words); empty when every file matched."""
+    """What `sha256sum --check --quiet --strict` found, one line per file in the words
+    `compare_manifest` uses (missing, sha256 differs); empty when every file matched."""
     if rc == 0:
         return []
     problems = []
     for line in (output or "").splitlines():
-        text = line.strip().removeprefix("sha256sum: ")
-        if text and not text.startswith("WARNING:"):
+        text = line.strip()
+        if text.endswith(": FAILED open or read"):
+            path = _sha256sum_name(text.removesuffix(": FAILED open or read"))
+            problems.append(f"{path}: missing on the destination")
+        elif text.endswith(": FAILED"):
+            path = _sha256sum_name(text.removesuffix(": FAILED"))
+            want = manifest.get(path, {}).get(CHECKSUM, "?")
+            problems.append(f"{path}: sha256 differs from the source's {want}")
+        elif text and not text.startswith("sha256sum:"):
             problems.append(text)
     return problems or [f"sha256sum --check exited {rc} checking {len(manifest)} files"]
 

@@ -1,12 +1,40 @@
-"""Shared test set-up: import paths for the repo's plugin folders."""
+"""Shared test set-up: import paths for the repo's plugin folders, and the skip rules.
+
+Skips under CI (CI=true in the environment, as .ci/run runs `make test`): a test that CI
+believes ran must not skip silently. A skip of a test marked `lab` or `guest`, or of any
+test under tests/integration/ (they need the lab, root or a tool such as terraform, strace
+or the cached CRIU tarball), is turned into a failure that carries the skip's reason -
+whether the skip came from a `skipif` mark, a fixture or the test itself. The one
+exception is a capability skip: the machine lacks (or has) a kernel or CRIU feature the
+test is about, so there is nothing the suite could install to run it. Such a skip must say
+so explicitly: its reason starts with `capability: ` (CAPABILITY_PREFIX), e.g.
+`pytest.skip("capability: this kernel can do network post-copy: nothing to refuse")`.
+A missing tool, cache, lab or privilege is never a capability.
+
+Every run's terminal summary has a line counting the skipped tests (and the skips CI=true
+turned into failures), then one line per reason with its count.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+INTEGRATION = REPO / "tests" / "integration"
+# A skip whose reason starts with this is a genuine capability skip (see the docstring).
+CAPABILITY_PREFIX = "capability: "
+# The markers of tests that need a lab (pyproject.toml's [tool.pytest.ini_options]).
+LAB_MARKERS = ("lab", "guest")
+# user_properties key of a report whose skip was turned into a failure under CI.
+SKIP_FAILED_IN_CI = "skip_failed_under_ci"
 
 for folder in ("module_utils", "library", "filter_plugins", "callback_plugins"):
     path = str(REPO / folder)
@@ -43,3 +71,91 @@ def _alias_module_utils() -> None:
 
 
 _alias_module_utils()
+
+
+def in_ci() -> bool:
+    """CI=true (or 1/yes) in the environment: the run is the one CI trusts."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    """A skipped report's reason, without pytest's "Skipped: " prefix."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def must_not_skip_in_ci(path: Path, markers: set[str]) -> bool:
+    """Lab and guest tests, and everything under tests/integration/, must run under CI."""
+    return bool(markers & set(LAB_MARKERS)) or INTEGRATION in Path(path).parents
+
+
+def _fail_the_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    reason = skip_reason(report)
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped under CI=true, which fails the run (only a reason starting with "
+        f"{CAPABILITY_PREFIX!r} may skip; see tests/conftest.py): {reason}"
+    )
+    if isinstance(report, pytest.TestReport):  # collect reports have no properties
+        report.user_properties.append((SKIP_FAILED_IN_CI, reason))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    report: pytest.TestReport = yield
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and in_ci()
+        and must_not_skip_in_ci(item.path, {mark.name for mark in item.iter_markers()})
+        and not skip_reason(report).startswith(CAPABILITY_PREFIX)
+    ):
+        _fail_the_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[Any]:
+    """A whole module skipped at import (`pytest.skip(allow_module_level=True)`,
+    `importorskip`) follows the same rule."""
+    report: pytest.CollectReport = yield
+    if (
+        report.skipped
+        and in_ci()
+        and must_not_skip_in_ci(collector.path, {mark.name for mark in collector.iter_markers()})
+        and not skip_reason(report).startswith(CAPABILITY_PREFIX)
+    ):
+        _fail_the_skip(report)
+    return report
+
+
+def pytest_report_teststatus(
+    report: pytest.TestReport | pytest.CollectReport, config: pytest.Config
+) -> Any:
+    """A skip turned into a failure counts as failed (not as a setup error)."""
+    properties = getattr(report, "user_properties", ())
+    if report.failed and any(key == SKIP_FAILED_IN_CI for key, _ in properties):
+        return "failed", "F", "FAILED"
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The number of skipped tests and why (pytest's -ra lists them one by one), and how
+    many skips CI=true turned into failures."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = Counter(skip_reason(report) for report in skipped)
+    failed = [
+        reason
+        for report in terminalreporter.stats.get("failed", [])
+        for key, reason in getattr(report, "user_properties", [])
+        if key == SKIP_FAILED_IN_CI
+    ]
+    line = f"{len(skipped)} skipped"
+    if failed:
+        line += f", {len(failed)} more skipped under CI=true and counted as failed"
+    terminalreporter.write_sep("-", line)
+    for reason, count in reasons.most_common():
+        terminalreporter.write_line(f"{count} skipped: {reason}")
+    for reason, count in Counter(failed).most_common():
+        terminalreporter.write_line(f"{count} failed (skipped under CI=true): {reason}")

@@ -1,10 +1,14 @@
-"""Integration fixtures: one local lab per test session, and playbook runs via ansible-runner."""
+"""Integration fixtures: the local lab and the soft-dirty guest lab, each brought up once
+per test session (and taken down at its end if the session made it, unless KEEP_LAB=1),
+and playbook runs via ansible-runner."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 LAB_INVENTORY = REPO / "inventories" / "lab" / "hosts.yml"
+GUEST_INVENTORY = REPO / "inventories" / "lab_guest" / "hosts.yml"
+GUEST_LAB_DIR = REPO / ".lab" / "guest"
 
 
 def suite_env() -> dict[str, str]:
@@ -129,7 +135,7 @@ def run_playbook(
 
 
 @pytest.fixture(scope="session")
-def lab() -> Path:
+def lab() -> Iterator[Path]:
     """The suite's default local lab, up for the whole session (torn down if this made it)."""
     proc = ansible_playbook("playbooks/lab.yml", "-e", "lab_state=present")
     created = "created: none" not in proc.stdout
@@ -137,3 +143,60 @@ def lab() -> Path:
     yield LAB_INVENTORY
     if created and not os.environ.get("KEEP_LAB"):
         ansible_playbook("playbooks/lab.yml", "-e", "lab_state=absent", check=False)
+
+
+def _say_guest_lab(message: str) -> None:
+    print(f"[guest lab] {message}", flush=True)
+
+
+def guest_lab_leftovers() -> list[str]:
+    """QEMU processes, links and disks of the guest lab that are still there."""
+    left: list[str] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if any(arg.startswith(str(GUEST_LAB_DIR / "hosts")) for arg in argv):
+                left.append(f"process {entry.name}: {' '.join(argv)[:120]}")
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    left += [
+        f"link {line.split(':')[1].strip()}"
+        for line in links.splitlines()
+        if line.split(":")[1].strip().split("@")[0].startswith("crlabg")
+    ]
+    left += [
+        f"file {path}"
+        for pattern in ("hosts/*/disk.qcow2", "hosts/*/config.tar", "state.json")
+        for path in GUEST_LAB_DIR.glob(pattern)
+    ]
+    if GUEST_INVENTORY.exists():
+        left.append(f"file {GUEST_INVENTORY}")
+    return left
+
+
+@pytest.fixture(scope="session")
+def guest_lab() -> Iterator[Path]:
+    """The soft-dirty guest lab's two QEMU guests, up for the whole session, shared by every
+    test that asks for it: the image is built first when not cached (`make guest-image`,
+    1-2 minutes cold), the guests booted unless already running. When this session booted
+    them it takes them down at its end and checks that nothing is left behind (no QEMU
+    process, tap, bridge or overlay); KEEP_LAB=1 leaves them up."""
+    t0 = time.monotonic()
+    proc = ansible_playbook(
+        "playbooks/lab.yml", "-e", "lab_flavour=guest", "-e", "lab_state=present"
+    )
+    built = "image built in" in proc.stdout
+    created = "created: none" not in proc.stdout
+    _say_guest_lab(
+        f"up in {time.monotonic() - t0:.1f} s (image {'built' if built else 'cached'}, "
+        f"guests {'booted' if created else 'already running'})"
+    )
+    assert GUEST_INVENTORY.exists()
+    yield GUEST_INVENTORY
+    if created and not os.environ.get("KEEP_LAB"):
+        t1 = time.monotonic()
+        ansible_playbook("playbooks/lab.yml", "-e", "lab_flavour=guest", "-e", "lab_state=absent")
+        _say_guest_lab(f"down in {time.monotonic() - t1:.1f} s")
+        assert guest_lab_leftovers() == []

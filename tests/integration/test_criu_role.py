@@ -9,6 +9,9 @@
 None of these runs may touch /usr/local/sbin/criu or the real tarball cache (.cache/criu/):
 tarballs are copied to a temporary folder and served from 127.0.0.1, and every run that
 could reach a build points its cache, URL and build folder at temporary places.
+
+Without the cached tarball (`make setup` fetches it) the tests that serve it skip; under
+CI=true that skip fails the run (tests/conftest.py).
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 This machine's kernel has no soft-dirty tracking, so `criu pre-dump` runs in two QEMU
 guests booted from Debian 12's stock kernel (`make lab-up LAB_FLAVOUR=guest`). The
-session fixture `guest_lab` builds the guest image when it is not cached
-(`make guest-image`, 1-2 minutes cold), brings the guests up and, when it brought
-them up, takes them down at the end and checks that nothing is left behind (no QEMU
-process, tap, bridge or overlay). KEEP_LAB=1 leaves them up.
+session fixture `guest_lab` (tests/integration/conftest.py, shared with the other guest
+tests) builds the guest image when it is not cached (`make guest-image`, 1-2 minutes
+cold), brings the guests up and, when it brought them up, takes them down at the end and
+checks that nothing is left behind (no QEMU process, tap, bridge or overlay). KEEP_LAB=1
+leaves them up.
 
 Sizes are small and iterations short (3 x 1 s): the guests are emulated, so every
 Ansible task costs seconds. The measured times are printed (`pytest -s`).
@@ -17,17 +18,14 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, ansible_playbook, run_playbook
+from conftest import GUEST_LAB_DIR, REPO, ansible_playbook, run_playbook
 
 pytestmark = [pytest.mark.guest]
 
-GUEST_INVENTORY = REPO / "inventories" / "lab_guest" / "hosts.yml"
-GUEST_LAB_DIR = REPO / ".lab" / "guest"
 # 64 MB: the restored workload's anonymous memory and page checksums are compared, so a
 # small heap passes too (its total RSS lacks not yet touched file pages, which is harmless).
 MEMORY = {"workload": "memory", "mb_size": 32, "interval": 0.5, "max_memory": 64}
@@ -35,55 +33,6 @@ MEMORY = {"workload": "memory", "mb_size": 32, "interval": 0.5, "max_memory": 64
 
 def _say(message: str) -> None:
     print(f"[guest lab] {message}", flush=True)
-
-
-def _guest_lab_leftovers() -> list[str]:
-    """QEMU processes, links and disks of the guest lab that are still there."""
-    left: list[str] = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            if any(arg.startswith(str(GUEST_LAB_DIR / "hosts")) for arg in argv):
-                left.append(f"process {entry.name}: {' '.join(argv)[:120]}")
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    left += [
-        f"link {line.split(':')[1].strip()}"
-        for line in links.splitlines()
-        if line.split(":")[1].strip().split("@")[0].startswith("crlabg")
-    ]
-    left += [
-        f"file {path}"
-        for pattern in ("hosts/*/disk.qcow2", "hosts/*/config.tar", "state.json")
-        for path in GUEST_LAB_DIR.glob(pattern)
-    ]
-    if GUEST_INVENTORY.exists():
-        left.append(f"file {GUEST_INVENTORY}")
-    return left
-
-
-@pytest.fixture(scope="session")
-def guest_lab() -> Iterator[Path]:
-    """The two guests, up for the session (image built first when not cached)."""
-    t0 = time.monotonic()
-    proc = ansible_playbook(
-        "playbooks/lab.yml", "-e", "lab_flavour=guest", "-e", "lab_state=present"
-    )
-    built = "image built in" in proc.stdout
-    created = "created: none" not in proc.stdout
-    _say(
-        f"up in {time.monotonic() - t0:.1f} s (image {'built' if built else 'cached'}, "
-        f"guests {'booted' if created else 'already running'})"
-    )
-    assert GUEST_INVENTORY.exists()
-    yield GUEST_INVENTORY
-    if created and not os.environ.get("KEEP_LAB"):
-        t1 = time.monotonic()
-        ansible_playbook("playbooks/lab.yml", "-e", "lab_flavour=guest", "-e", "lab_state=absent")
-        _say(f"down in {time.monotonic() - t1:.1f} s")
-        assert _guest_lab_leftovers() == []
 
 
 def migrate(tmp_path: Path, inventory: Path, **extravars: Any) -> dict[str, Any]:

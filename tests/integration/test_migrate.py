@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import on_host, run_playbook
@@ -24,6 +28,104 @@ SPEC_KEYS = {
     "tasks",
 }
 SMALL_MEMORY = {"workload": "memory", "mb_size": 32, "interval": 0.5, "max_memory": 256}
+
+# The task phases (roles) every successful migration runs, in the order they start, with
+# its critical path's in the middle: one call of the critical_path role (fused, the
+# default) or a dump, a transfer and a restore task (stepwise).
+PHASES_BEFORE = ("node_checks", "deploy", "workload_start")
+CRITICAL_PATH_PHASES = {
+    "fused": ("critical_path",),
+    "stepwise": ("final_dump", "transfer", "restore"),
+}
+PHASES_AFTER = ("verification", "finish", "collect", "cleanup")
+# metrics.json's ISO stamps carry milliseconds: comparisons between stamps allow this much.
+STAMP_SLACK_S = 0.002
+# Each host's clock read is one Ansible task over SSH; its offset is known to half the
+# task's round trip. Measured in this lab (12 runs, others' experiments running beside):
+# 0.20-0.47 s per host (0.43-0.93 s for the pair), 0.60 s per host while the guest image
+# was being built on the same 2 cores; the offsets themselves stayed within 0.09 s.
+# Beyond this bound the offset says nothing about the clocks.
+CLOCK_READ_UNCERTAINTY_MAX_S = 1.0
+
+
+def epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def assert_clock_offsets_come_from_both_reads(metrics: dict[str, Any]) -> None:
+    """Both lab hosts read this machine's one clock: each host's offset is within its own
+    uncertainty, that uncertainty is half its clock-read task and small, and the pair's
+    figures are built from the two hosts' reads."""
+    offsets = metrics["clock_offsets"]
+    reads: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for task in metrics["tasks"]:
+        if task["role"] == "node_checks" and "clock" in task["task"].lower():
+            reads[task["host"]].append(task)
+    for role in ("source", "destination"):
+        host = metrics["hosts"][role]
+        assert reads[host], f"no clock-read task on {host}: {metrics['tasks']}"
+        own = offsets[role]
+        # the control node stamped the read's task; the host read its clock inside it
+        assert own["uncertainty_s"] == pytest.approx(reads[host][-1]["duration_s"] / 2, abs=0.005)
+        assert 0 < own["uncertainty_s"] < CLOCK_READ_UNCERTAINTY_MAX_S, offsets
+        assert abs(own["offset_s"]) <= own["uncertainty_s"], offsets
+    assert offsets["destination_host"] == metrics["hosts"]["destination"]
+    assert offsets["destination_minus_source_s"] == pytest.approx(
+        offsets["destination"]["offset_s"] - offsets["source"]["offset_s"], abs=2e-6
+    )
+    assert offsets["uncertainty_s"] == pytest.approx(
+        offsets["destination"]["uncertainty_s"] + offsets["source"]["uncertainty_s"], abs=2e-6
+    )
+    assert abs(offsets["destination_minus_source_s"]) <= offsets["uncertainty_s"], offsets
+
+
+def assert_task_timings_consistent(metrics: dict[str, Any]) -> None:
+    """Per-task timings that hang together: inside the experiment, one task at a time per
+    host, phase totals that are their tasks' spans, every phase of a migration present and
+    in order, and the critical path's own figures inside the tasks that ran it."""
+    started, finished = (epoch(metrics["experiment"][k]) for k in ("started_at", "finished_at"))
+    spans: dict[str, list[float]] = {}
+    busy: dict[tuple[str, str], float] = defaultdict(float)
+    by_host: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for task in metrics["tasks"]:
+        start = epoch(task["start"])
+        end = start + task["duration_s"]
+        assert task["duration_s"] > 0, task
+        assert started - STAMP_SLACK_S <= start and end <= finished + STAMP_SLACK_S, (
+            f"{task} is outside the experiment {metrics['experiment']}"
+        )
+        by_host[task["host"]].append((start, end, task["task"]))
+        if task["phase"]:
+            lo, hi = spans.setdefault(task["phase"], [start, end])
+            spans[task["phase"]] = [min(lo, start), max(hi, end)]
+            busy[(task["phase"], task["host"])] += task["duration_s"]
+    for host, runs in by_host.items():
+        runs.sort()
+        for (_, end, name), (start, _, following) in pairwise(runs):
+            assert start >= end - STAMP_SLACK_S, (
+                f"{host}: '{following}' began before '{name}' ended"
+            )
+
+    totals = metrics["phase_totals_s"]
+    assert set(totals) == set(spans)
+    for phase, (lo, hi) in spans.items():
+        assert totals[phase] == pytest.approx(hi - lo, abs=STAMP_SLACK_S), phase
+    for (phase, host), seconds in busy.items():  # a host's tasks of a phase fit in its span
+        assert seconds <= totals[phase] + STAMP_SLACK_S, (phase, host, seconds, totals[phase])
+
+    path = metrics["critical_path"]["path"]
+    order = [*PHASES_BEFORE, *CRITICAL_PATH_PHASES[path], *PHASES_AFTER]
+    assert set(order) | {"capture", "restore"} <= set(spans), sorted(spans)
+    assert sorted(order, key=lambda phase: spans[phase][0]) == order, spans
+    # the critical path's own measures fit inside the Ansible tasks that ran it
+    if path == "fused":
+        assert 0 < metrics["downtime_s"] <= totals["critical_path"], (
+            metrics["critical_path"],
+            totals,
+        )
+    else:
+        for phase in CRITICAL_PATH_PHASES["stepwise"]:
+            assert 0 < metrics["phases"][phase]["duration_s"] <= totals[phase] + STAMP_SLACK_S
 
 
 def workload_processes(host: str, experiment_id: str) -> list[str]:
@@ -87,9 +189,7 @@ def test_memory_migration_end_to_end(lab: Path, tmp_path: Path) -> None:
     # after the restore, so it bounds the downtime from above.
     assert metrics["app_downtime_s"] >= metrics["downtime_s"] - dump["duration_s"]
     assert metrics["app_downtime"]["strace_s"] >= metrics["downtime_s"]
-    assert metrics["clock_offsets"]["destination_minus_source_s"] == pytest.approx(
-        0, abs=metrics["clock_offsets"]["uncertainty_s"]
-    )
+    assert_clock_offsets_come_from_both_reads(metrics)
 
     verification = metrics["verification"]
     assert verification["restored_running"] is True
@@ -116,7 +216,7 @@ def test_memory_migration_end_to_end(lab: Path, tmp_path: Path) -> None:
     assert any(line.get("event") == "restored" for line in lines)
     assert lines[-1].get("event") == "finished"  # checkpoint_flag removed at the end
 
-    # SPEC.md's results layout, with real content in the capture files.
+    # The results layout (README: Running experiments), with real content in the capture files.
     for path in (
         "source/criu-dump.log",
         "source/workload_status_pre_dump.txt",
@@ -135,18 +235,9 @@ def test_memory_migration_end_to_end(lab: Path, tmp_path: Path) -> None:
     assert any((results / "source" / "1").glob("pages-*.img"))  # keep_images=true
     assert "fd=3" in (results / "dest" / "workload_stdout_post_restore.log").read_text()
 
-    # Per-task timings with phases from roles; every phase of the critical path present.
-    task_phases = {task["phase"] for task in metrics["tasks"]}
-    assert {
-        "node_checks",
-        "deploy",
-        "workload_start",
-        "final_dump",
-        "transfer",
-        "restore",
-        "verification",
-    } <= task_phases
-    assert all(task["duration_s"] >= 0 for task in metrics["tasks"])
+    # Per-task timings with phases from roles: every phase of a migration, consistent timings.
+    assert metrics["critical_path"]["path"] == "fused"  # group_vars/all.yml's default
+    assert_task_timings_consistent(metrics)
     assert {task["host"] for task in metrics["tasks"]} >= {"source", "destination"}
     assert metrics["environment"]["source"]["criu"] == "4.2.1"
     assert metrics["environment"]["destination"]["kernel"]
@@ -223,7 +314,10 @@ def test_restore_failure_rolls_back_to_source(lab: Path, tmp_path: Path) -> None
     ("extravars", "expected"),
     [
         ({"workload": "nope"}, ["workload='nope' is unknown", "memory", "redis", "video"]),
-        ({"checkpoint_strategy": "lazy"}, ["checkpoint_strategy='lazy' is not one of: predump, full"]),
+        (
+            {"checkpoint_strategy": "lazy"},
+            ["checkpoint_strategy='lazy' is not one of: predump, full"],
+        ),
         ({"transfer": "ftp"}, ["transfer='ftp' is not one of: rsync, efs, s3, ebs"]),
         ({"mb_size": 0}, ["mb_size=0 MB is below the minimum 1 MB"]),
         ({"mb_size": "lots"}, ["mb_size='lots' is not an integer"]),

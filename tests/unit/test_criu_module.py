@@ -4,6 +4,8 @@ on stdout and SystemExit.
 CRIU itself is replaced by a small script that replays what CRIU 4.2.1 printed on this
 project's machines (tests/fixtures/criu_cli/) and writes the stats images a real dump and
 restore wrote (tests/fixtures/criu_stats/full-dump/), so these tests need no CRIU and no root.
+CRIU's background processes (page server, lazy pages, post-copy dump) are criu_daemon's:
+tests/unit/test_criu_daemon.py.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
+import re
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,8 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FAKE_CRIU = textwrap.dedent(
     """\
     #!{python}
-    # Replays recorded CRIU output. FAKE_CRIU_MODE: ok | fail | no-stats | lazy-tee.
+    # Replays recorded CRIU output.
+    # FAKE_CRIU_MODE: ok | fail | no-stats | hang | restore-gone.
     import json, os, shutil, sys, time
     from pathlib import Path
 
@@ -52,6 +56,9 @@ FAKE_CRIU = textwrap.dedent(
     work = Path(opt("--work-dir") or opt("--images-dir"))
     log = Path(opt("--log-file"))
     rlimit = "(00.000301) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\\n"
+    if mode == "hang":
+        print("(00.000100) freezing tasks", flush=True)
+        time.sleep(30)
     if mode == "fail":
         log.write_text(
             "(00.000000) Version: 4.2.1 (gitid 0)\\n" + rlimit
@@ -60,29 +67,15 @@ FAKE_CRIU = textwrap.dedent(
         )
         print("Error (criu/cr-dump.c:2111): Dumping FAILED.")
         sys.exit(1)
-    if args[0] == "dump" and "--lazy-pages" in args:
-        # network post-copy: serve until the test says the destination fetched everything
-        log.write_text(rlimit + "(00.079777) Starting lazy pages server\\n")
-        served = work / "served"
-        for _ in range(500):
-            if served.exists():
-                break
-            time.sleep(0.02)
-        with log.open("a") as out:
-            if mode == "lazy-tee":
-                out.write("(00.237586) Error (criu/page-pipe.c:418): page-pipe: tee: 65536: Operation not permitted\\n")
-                out.write("(00.237863) Error (criu/cr-dump.c:1975): Dumping FAILED.\\n")
-                sys.exit(1)
-            out.write("(02.500000) Writing stats\\n(02.500100) Dumping finished successfully\\n")
-        shutil.copy(stats / "stats-dump", work / "stats-dump")
-        sys.exit(0)
     log.write_text("(00.000000) Version: 4.2.1 (gitid 0)\\n" + rlimit + "(00.020000) finished successfully\\n")
     if mode != "no-stats" and args[0] in ("dump", "pre-dump"):
         shutil.copy(stats / "stats-dump", work / "stats-dump")
     if mode != "no-stats" and args[0] == "restore":
         shutil.copy(stats / "stats-restore", work / "stats-restore")
     if opt("--pidfile"):
-        Path(opt("--pidfile")).write_text(str(os.getppid()))
+        # restore-gone: the restored tree is not running any more (the fake's own pid)
+        pid = os.getpid() if mode == "restore-gone" else os.getppid()
+        Path(opt("--pidfile")).write_text(str(pid))
     sys.exit(0)
     """
 )
@@ -140,10 +133,6 @@ def run_module(
             "action is restore but all of the following are missing: images_dir",
         ),
         (
-            {"action": "page-server"},
-            "action is page-server but all of the following are missing: images_dir",
-        ),
-        (
             {"action": "dump", "pid": 5, "images_dir": "/i", "page_server": True},
             "page_server is True but all of the following are missing: address, port",
         ),
@@ -153,11 +142,20 @@ def run_module(
         ),
         (
             {"action": "migrate"},
-            "value of action must be one of: check, dump, pre-dump, restore, page-server, lazy-pages, got: migrate",
+            "value of action must be one of: check, dump, pre-dump, restore, got: migrate",
+        ),
+        # CRIU's background processes are criu_daemon's now
+        (
+            {"action": "page-server", "images_dir": "/i"},
+            "value of action must be one of: check, dump, pre-dump, restore, got: page-server",
         ),
         (
-            {"action": "dump", "pid": 5, "images_dir": "/i", "log_level": 9},
-            "value of log_level must be one of: 0, 1, 2, 3, 4, got: 9",
+            {"action": "lazy-pages", "images_dir": "/i"},
+            "value of action must be one of: check, dump, pre-dump, restore, got: lazy-pages",
+        ),
+        (
+            {"action": "check", "probe": "everything"},
+            "value of probe must be one of: lazy_pages_network, got: everything",
         ),
     ],
 )
@@ -172,6 +170,92 @@ def test_bad_arguments_are_refused(
     assert rc == 1
     assert result["failed"] is True
     assert result["msg"] == message
+    assert criu_calls(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("state", "stopped"),
+        ("wait_s", 10),
+        ("require_finished", True),
+        ("daemon", False),
+        ("work_dir", "/w"),
+        ("log_level", 2),
+        ("leave_running", True),
+        ("shell_job", True),
+        ("ext_unix_sk", True),
+        ("link_remap", True),
+        ("manage_cgroups", "soft"),
+        ("restore_detached", False),
+    ],
+)
+def test_options_of_the_old_module_are_refused(
+    option: str,
+    value: Any,
+    fake_criu: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rc, result = run_module(
+        {
+            "action": "dump",
+            "pid": 20001,
+            "images_dir": str(tmp_path / "i"),
+            "criu_bin": str(fake_criu),
+            option: value,
+        },
+        capsys,
+    )
+    assert rc == 1
+    # "(criu)" under Ansible, "(basic.py)" here
+    unsupported, supported = result["msg"].split(". Supported parameters include: ")
+    assert re.fullmatch(rf"Unsupported parameters for \(\S+\) module: {option}", unsupported)
+    assert option not in supported.rstrip(".").split(", ")
+    assert "images_dir" in supported.rstrip(".").split(", ")
+    assert criu_calls(tmp_path) == []
+
+
+def test_a_post_copy_dump_is_criu_daemons(
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # run here, `criu dump --lazy-pages` would serve pages in the foreground until every
+    # page was fetched (or the timeout), holding the task and the workload frozen
+    started = time.monotonic()
+    rc, result = run_module(
+        {
+            "action": "dump",
+            "pid": 20001,
+            "images_dir": str(tmp_path / "i"),
+            "lazy_pages": True,
+            "address": "10.77.0.11",
+            "port": 27001,
+            "criu_bin": str(fake_criu),
+        },
+        capsys,
+    )
+    assert rc == 1
+    assert result["msg"] == (
+        "criu dump with lazy_pages=true is network post-copy: use criu_daemon daemon=lazy-dump"
+    )
+    assert criu_calls(tmp_path) == []
+    assert time.monotonic() - started < 5
+
+
+def test_a_dump_without_a_process_tree_fails_cleanly(
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, result = run_module(
+        {
+            "action": "dump",
+            "pid": 0,  # e.g. a workload pid that was never found
+            "images_dir": str(tmp_path / "i"),
+            "criu_bin": str(fake_criu),
+        },
+        capsys,
+    )
+    assert rc == 1
+    assert result["msg"] == "criu dump needs the pid of the process tree"
     assert criu_calls(tmp_path) == []
 
 
@@ -231,7 +315,52 @@ def test_restore_in_check_mode_is_skipped_too(
     )
     assert rc == 0
     assert result["changed"] is True
+    # a restore always detaches CRIU from the restored tree
     assert result["cmd"][-3:] == ["--restore-detached", "--pidfile", str(tmp_path / "restored.pid")]
+    assert criu_calls(tmp_path) == []
+
+
+def test_a_lazy_restore_and_a_dump_to_a_page_server_in_check_mode(
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, restore = run_module(
+        {
+            "action": "restore",
+            "images_dir": str(tmp_path / "i"),
+            "lazy_pages": True,
+            "criu_bin": str(fake_criu),
+            "_ansible_check_mode": True,
+        },
+        capsys,
+    )
+    assert rc == 0
+    assert restore["cmd"][-2:] == ["--lazy-pages", "--restore-detached"]
+    rc, dump = run_module(
+        {
+            "action": "dump",
+            "pid": 20001,
+            "images_dir": str(tmp_path / "i"),
+            "page_server": True,
+            "address": "10.77.0.12",
+            "port": 27000,
+            "file_locks": True,
+            "extra_args": ["--skip-in-flight"],
+            "criu_bin": str(fake_criu),
+            "_ansible_check_mode": True,
+        },
+        capsys,
+    )
+    assert rc == 0
+    assert dump["cmd"][-8:] == [
+        "20001",
+        "--page-server",
+        "--address",
+        "10.77.0.12",
+        "--port",
+        "27000",
+        "--file-locks",
+        "--skip-in-flight",
+    ]
     assert criu_calls(tmp_path) == []
 
 
@@ -267,9 +396,11 @@ def test_check_replays_this_machines_criu(
         "network_lock_nftables": True,
     }
     assert result["kernel"] == platform.release()
+    assert result["criu_bin"] == str(fake_criu)
     assert result["migration_metrics"]["phase"] == "environment"
     assert result["migration_metrics"]["data"]["criu"] == "4.2.1"
     assert result["migration_metrics"]["data"]["criu_check"] == "Looks good."
+    assert result["migration_metrics"]["data"]["hostname"] == platform.node()
     assert criu_calls(tmp_path) == [
         ["--version"],
         ["check"],
@@ -310,6 +441,7 @@ def test_dump_returns_criu_stats_and_metrics(
         result["started_at"],
         result["finished_at"],
     )
+    assert "pid" not in result
     assert criu_calls(tmp_path) == [result["cmd"][1:]]
 
 
@@ -322,7 +454,6 @@ def test_pre_dump_metrics_phase(
             "action": "pre-dump",
             "pid": 20001,
             "images_dir": str(images),
-            "work_dir": str(tmp_path / "work"),
             "prev_images_dir": "../1",
             "track_mem": True,
             "criu_bin": str(fake_criu),
@@ -331,9 +462,30 @@ def test_pre_dump_metrics_phase(
     )
     assert rc == 0
     assert result["migration_metrics"]["phase"] == "predump"
-    assert result["log_file"] == str(tmp_path / "work" / "criu-pre-dump.log")
+    assert result["log_file"] == str(images / "criu-pre-dump.log")
     assert result["stats"]["pages_written"] == 2750
     assert result["cmd"][-4:] == ["20001", "--prev-images-dir", "../1", "--track-mem"]
+
+
+def test_an_explicit_log_file_and_metrics_phase(
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "logs" / "dump.log"  # its folder is created
+    rc, result = run_module(
+        {
+            "action": "dump",
+            "pid": 20001,
+            "images_dir": str(tmp_path / "images"),
+            "log_file": str(log),
+            "metrics_phase": "checkpoint",
+            "criu_bin": str(fake_criu),
+        },
+        capsys,
+    )
+    assert rc == 0, result
+    assert result["log_file"] == str(log) and log.is_file()
+    assert result["migration_metrics"]["phase"] == "checkpoint"
+    assert result["cmd"][4:6] == ["--log-file", str(log)]
 
 
 def test_a_previous_calls_stats_are_never_reported(
@@ -353,7 +505,7 @@ def test_a_previous_calls_stats_are_never_reported(
         capsys,
     )
     assert rc == 0
-    assert "stats" not in result
+    assert "stats" not in result  # returned only when CRIU wrote the stats image
     assert result["migration_metrics"]["data"]["stats"] == {}
     assert not (images / "stats-dump").exists()
 
@@ -385,6 +537,35 @@ def test_failed_dump_names_the_first_real_error_and_the_log(
     )
     assert result["output"] == "Error (criu/cr-dump.c:2111): Dumping FAILED."
     assert result["cmd"][1] == "dump"
+    assert result["duration_s"] >= 0
+    assert "migration_metrics" not in result
+
+
+def test_a_dump_past_its_timeout_is_killed_and_fails(
+    fake_criu: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_CRIU_MODE", "hang")
+    images = tmp_path / "images" / "1"
+    rc, result = run_module(
+        {
+            "action": "dump",
+            "pid": 20001,
+            "images_dir": str(images),
+            "timeout": 1,
+            "criu_bin": str(fake_criu),
+        },
+        capsys,
+    )
+    assert rc == 1
+    assert result["msg"] == (
+        f"criu dump failed on {platform.node()} (rc=-1): did not finish in time; "
+        f"log: {images / 'criu-dump.log'}"
+    )
+    assert 1 <= result["duration_s"] < 10
+    assert result["output"] == "(00.000100) freezing tasks"  # what it printed before the kill
 
 
 def test_restore_reads_the_restored_pid(
@@ -413,456 +594,44 @@ def test_restore_reads_the_restored_pid(
     assert result["log_file"] == str(images / "criu-restore.log")
 
 
-# -- daemons ----------------------------------------------------------------------------------
-
-
-def test_stop_without_pidfile_fails(
-    fake_criu: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+def test_restore_metrics_phase_by_default(
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc, result = run_module(
-        {
-            "action": "page-server",
-            "images_dir": str(tmp_path),
-            "state": "stopped",
-            "criu_bin": str(fake_criu),
-        },
-        capsys,
-    )
-    assert rc == 1
-    assert result["msg"] == "criu page-server state=stopped needs pidfile"
-
-
-def test_stop_when_the_pidfile_is_gone(
-    fake_criu: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    pidfile = tmp_path / "ps.pid"
-    rc, result = run_module(
-        {
-            "action": "page-server",
-            "images_dir": str(tmp_path),
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-        },
+        {"action": "restore", "images_dir": str(tmp_path / "i"), "criu_bin": str(fake_criu)},
         capsys,
     )
     assert rc == 0
-    assert result["changed"] is False
-    assert result["msg"] == f"no pidfile {pidfile}: nothing to stop"
+    assert result["migration_metrics"]["phase"] == "restore"
+    assert "pid" not in result  # no pidfile asked for
 
 
-def test_stop_a_running_daemon(
-    fake_criu: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+def test_a_restored_tree_that_is_not_running_fails(
+    fake_criu: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    daemon = subprocess.Popen(["sleep", "30"])
-    pidfile = tmp_path / "lazy.pid"
-    pidfile.write_text(f"{daemon.pid}\n")
-    try:
-        rc, result = run_module(
-            {
-                "action": "lazy-pages",
-                "images_dir": str(tmp_path),
-                "state": "stopped",
-                "pidfile": str(pidfile),
-                "criu_bin": str(fake_criu),
-            },
-            capsys,
-        )
-        assert daemon.wait(timeout=5) == -15  # SIGTERM
-    finally:
-        daemon.kill()
-        daemon.wait()
-    assert rc == 0
-    assert result["changed"] is True
-    assert result["pid"] == daemon.pid
-    assert result["msg"] == f"stopped criu lazy-pages {daemon.pid}"
-    assert not pidfile.exists()
-
-
-def test_stop_a_daemon_that_already_exited(
-    fake_criu: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    pidfile = tmp_path / "ps.pid"
-    pidfile.write_text(str(gone.pid))
-    rc, result = run_module(
-        {
-            "action": "page-server",
-            "images_dir": str(tmp_path),
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-        },
-        capsys,
-    )
-    assert rc == 0
-    assert result["changed"] is False
-    assert result["msg"] == f"criu page-server {gone.pid} is not running"
-
-
-# -- daemons: what they did, from their logs (tests/fixtures/criu_logs/) -----------------------
-
-LOGS = FIXTURES / "criu_logs"
-
-
-def daemon_files(
-    tmp_path: Path, action: str, log_name: str, pid: int, port: int = 27000
-) -> tuple[Path, Path, Path]:
-    """A daemon's pidfile, meta sidecar and log, as `state=started` leaves them."""
-    images = tmp_path / "images" / "1"
-    images.mkdir(parents=True, exist_ok=True)
-    log = tmp_path / f"criu-{action}.log"
-    log.write_text((LOGS / log_name).read_text())
-    pidfile = tmp_path / f"criu-{action}.pid"
-    pidfile.write_text(f"{pid}\n")
-    meta = {
-        "action": action,
-        "pid": pid,
-        "started_at": 1795670768.70,
-        "log_file": str(log),
-        "images_dir": str(images),
-        "work_dir": str(images),
-        "port": port,
-    }
-    Path(f"{pidfile}.json").write_text(json.dumps(meta))
-    return pidfile, log, images
-
-
-def test_page_server_start_leaves_what_stopping_it_needs(
-    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    images, pidfile = tmp_path / "images" / "1", tmp_path / "criu-page-server.pid"
-    log = tmp_path / "criu-page-server.log"
-    rc, result = run_module(
-        {
-            "action": "page-server",
-            "images_dir": str(images),
-            "address": "10.77.0.12",
-            "port": 27000,
-            "log_file": str(log),
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-        },
-        capsys,
-    )
-    assert rc == 0
-    assert result["pid"] == os.getpid()  # the fake writes its parent's pid
-    assert result["cmd"][-6:] == [
-        "10.77.0.12",
-        "--port",
-        "27000",
-        "--daemon",
-        "--pidfile",
-        str(pidfile),
-    ]
-    assert "migration_metrics" not in result  # recorded when it is stopped
-    meta = json.loads(Path(f"{pidfile}.json").read_text())
-    assert meta["action"] == "page-server"
-    assert meta["pid"] == os.getpid()
-    assert meta["log_file"] == str(log)
-    assert meta["images_dir"] == str(images)
-    assert (meta["address"], meta["port"]) == ("10.77.0.12", 27000)
-    assert meta["started_at"] == result["started_at"]
-
-
-def test_stop_a_page_server_that_ended_by_itself_reports_its_session(
-    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    server = subprocess.Popen(["sleep", "0.3"])
-    pidfile, log, images = daemon_files(
-        tmp_path, "page-server", "page-server/page-server.log", server.pid
-    )
-    (images / "pages-1.img").write_bytes(b"\0" * 3 * 4096)
-    (images / "pagemap-77.img").write_bytes(b"\0" * 100)
-    try:
-        rc, result = run_module(
-            {
-                "action": "page-server",
-                "images_dir": str(images),
-                "state": "stopped",
-                "pidfile": str(pidfile),
-                "wait_s": 10,
-                "require_finished": True,
-                "criu_bin": str(fake_criu),
-            },
-            capsys,
-        )
-    finally:
-        server.kill()
-        server.wait()
-    assert rc == 0, result
-    assert result["finished"] is True and result["terminated"] is False
-    assert result["changed"] is False
-    assert 0 < result["waited_s"] < 10
-    assert result["msg"].startswith(f"criu page-server {server.pid} ended by itself after")
-    summary = result["summary"]
-    assert summary["session_complete"] is True
-    assert summary["session_s"] == 0.280565
-    assert (summary["pages_received"], summary["bytes_received"]) == (3, 3 * 4096)
-    metrics = result["migration_metrics"]
-    assert metrics["phase"] == "page_server"
-    assert metrics["data"]["started_at"] == 1795670768.70
-    assert metrics["data"]["port"] == 27000
-    assert metrics["data"]["pages_received"] == 3
-    assert metrics["data"]["log_file"] == str(log)
-    assert not pidfile.exists() and not Path(f"{pidfile}.json").exists()
-
-
-def test_a_lazy_pages_daemon_still_serving_fails_when_it_must_have_finished(
-    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    daemon = subprocess.Popen(["sleep", "30"])
-    pidfile, log, images = daemon_files(
-        tmp_path, "lazy-pages", "lazy-network/lazy-pages.log", daemon.pid
-    )
-    try:
-        rc, result = run_module(
-            {
-                "action": "lazy-pages",
-                "images_dir": str(images),
-                "state": "stopped",
-                "pidfile": str(pidfile),
-                "wait_s": 0.2,
-                "require_finished": True,
-                "criu_bin": str(fake_criu),
-            },
-            capsys,
-        )
-        assert daemon.wait(timeout=5) == -15  # stopped with SIGTERM
-    finally:
-        daemon.kill()
-        daemon.wait()
-    assert rc == 1
-    assert result["msg"] == (
-        f"criu lazy-pages on {platform.node()} was still serving after 0.2 s and was stopped "
-        f"having served 0 of 2440 lazy pages: page-xfer: Remote side closed connection; log: {log}"
-    )
-    assert result["terminated"] is True
-    assert result["migration_metrics"]["phase"] == "lazy_pages"
-    assert result["migration_metrics"]["data"]["complete"] is False
-
-
-def test_a_lazy_pages_daemon_that_served_every_page(
-    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    daemon = subprocess.Popen(["sleep", "0.2"])
-    pidfile, _, images = daemon_files(
-        tmp_path, "lazy-pages", "lazy-images/lazy-pages.log", daemon.pid
-    )
-    try:
-        rc, result = run_module(
-            {
-                "action": "lazy-pages",
-                "images_dir": str(images),
-                "state": "stopped",
-                "pidfile": str(pidfile),
-                "wait_s": 10,
-                "require_finished": True,
-                "criu_bin": str(fake_criu),
-            },
-            capsys,
-        )
-    finally:
-        daemon.kill()
-        daemon.wait()
-    assert rc == 0, result
-    data = result["migration_metrics"]["data"]
-    assert result["migration_metrics"]["phase"] == "lazy_pages"
-    assert (data["pages_lazy_total"], data["pages_lazy_served"]) == (2441, 2441)
-    assert data["complete"] is True and data["finished"] is True
-    assert data["serving_s"] == 0.012916
-
-
-def test_stop_without_meta_still_requires_the_end(
-    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    daemon = subprocess.Popen(["sleep", "30"])
-    pidfile = tmp_path / "ps.pid"
-    pidfile.write_text(str(daemon.pid))
-    try:
-        rc, result = run_module(
-            {
-                "action": "page-server",
-                "images_dir": str(tmp_path),
-                "state": "stopped",
-                "pidfile": str(pidfile),
-                "require_finished": True,
-                "criu_bin": str(fake_criu),
-            },
-            capsys,
-        )
-    finally:
-        daemon.kill()
-        daemon.wait()
-    assert rc == 1
-    assert result["msg"] == (
-        f"criu page-server {daemon.pid} on {platform.node()} was still running after 0.0 s "
-        "and was stopped"
-    )
-
-
-def test_state_stopped_is_only_for_background_processes(
-    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+    monkeypatch.setenv("FAKE_CRIU_MODE", "restore-gone")
+    images, pidfile = tmp_path / "images" / "1", tmp_path / "restored.pid"
     rc, result = run_module(
         {
             "action": "restore",
-            "images_dir": str(tmp_path),
-            "state": "stopped",
-            "pidfile": str(tmp_path / "p"),
+            "images_dir": str(images),
+            "pidfile": str(pidfile),
             "criu_bin": str(fake_criu),
         },
         capsys,
     )
+    pid = int(pidfile.read_text())
     assert rc == 1
     assert result["msg"] == (
-        "state=stopped is for page-server, lazy-pages and a dump with lazy_pages=true, not criu restore"
+        f"the restored process {pid} (from {pidfile}) is not running on {platform.node()}; "
+        f"log: {images / 'criu-restore.log'}"
     )
 
 
-# -- network post-copy: the dump serves in the background -------------------------------------
-
-
-def dead_pid() -> int:
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    return gone.pid
-
-
-def lazy_dump_args(tmp_path: Path, fake_criu: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "action": "dump",
-        "pid": dead_pid(),
-        "images_dir": str(tmp_path / "images" / "1"),
-        "lazy_pages": True,
-        "address": "10.77.0.11",
-        "port": 27001,
-        "log_file": str(tmp_path / "criu-dump.log"),
-        "pidfile": str(tmp_path / "criu-dump-lazy.pid"),
-        "criu_bin": str(fake_criu),
-        **extra,
-    }
-
-
-def test_a_lazy_dump_returns_once_it_serves_and_is_collected_when_done(
-    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    images, pidfile = tmp_path / "images" / "1", tmp_path / "criu-dump-lazy.pid"
-    rc, started = run_module(lazy_dump_args(tmp_path, fake_criu), capsys)
-    assert rc == 0, started
-    assert started["serving"] is True
-    assert started["cmd"][-5:] == ["--lazy-pages", "--address", "10.77.0.11", "--port", "27001"]
-    assert Path(f"/proc/{started['pid']}").exists()  # still serving
-    data = started["migration_metrics"]["data"]
-    assert started["migration_metrics"]["phase"] == "final_dump"
-    assert data["lazy_network"] is True and data["stats"] == {}
-    assert data["duration_s"] == started["duration_s"]
-
-    (images / "served").write_text("")  # the destination fetched every page
-    rc, stopped = run_module(
-        {
-            **lazy_dump_args(tmp_path, fake_criu),
-            "state": "stopped",
-            "wait_s": 10,
-            "require_finished": True,
-        },
-        capsys,
-    )
-    assert rc == 0, stopped
-    assert stopped["finished"] is True
-    assert stopped["summary"]["rc"] == 0 and stopped["summary"]["finished"] is True
-    assert stopped["stats"]["pages_written"] == 2750
-    final = stopped["migration_metrics"]
-    assert final["phase"] == "final_dump"
-    assert final["data"]["started_at"] == started["started_at"]
-    assert final["data"]["duration_s"] == started["duration_s"]
-    assert final["data"]["finished_at"] == started["finished_at"]
-    assert final["data"]["served_s"] > 0
-    assert final["data"]["stats"]["frozen_s"] == 0.013432
-    assert not pidfile.exists()
-
-
-def test_a_lazy_dump_that_cannot_serve_names_crius_reason(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "lazy-tee")
-    rc, started = run_module(lazy_dump_args(tmp_path, fake_criu), capsys)
-    assert rc == 0, started
-    (tmp_path / "images" / "1" / "served").write_text("")  # the first page is asked for
-    rc, stopped = run_module(
-        {
-            **lazy_dump_args(tmp_path, fake_criu),
-            "state": "stopped",
-            "wait_s": 10,
-            "require_finished": True,
-        },
-        capsys,
-    )
-    assert rc == 1
-    assert stopped["msg"] == (
-        f"criu dump --lazy-pages on {platform.node()} did not finish serving its pages (rc=1): "
-        f"page-pipe: tee: 65536: Operation not permitted; log: {tmp_path / 'criu-dump.log'}"
-    )
-    assert stopped["migration_metrics"]["data"]["stats"] == {}
-    assert "resumed_pid" not in stopped
-
-
-def test_a_lazy_dump_that_gave_up_leaves_the_workload_running_on_the_source(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "lazy-tee")
-    workload = subprocess.Popen(["sleep", "30"])  # CRIU unfroze it when the transfer failed
-    try:
-        args = lazy_dump_args(tmp_path, fake_criu, pid=workload.pid)
-        rc, _ = run_module(args, capsys)
-        assert rc == 0
-        (tmp_path / "images" / "1" / "served").write_text("")
-        rc, stopped = run_module({**args, "state": "stopped", "wait_s": 10}, capsys)
-    finally:
-        workload.kill()
-        workload.wait()
-    assert rc == 0  # without require_finished: the rollback's and the always' stop
-    assert stopped["resumed_pid"] == workload.pid
-    metrics = stopped["migration_metrics"]
-    assert metrics["phase"] == "rollback"  # the journal then says: runs on the source
-    assert metrics["data"]["resumed_on_source"] is True
-    assert metrics["data"]["pid"] == workload.pid
-    assert "page-pipe: tee: 65536: Operation not permitted" in metrics["data"]["reason"]
-    assert metrics["data"]["dump"]["rc"] == 1
-
-
-def test_a_lazy_dump_failing_before_it_serves(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "fail")
-    rc, result = run_module(lazy_dump_args(tmp_path, fake_criu), capsys)
-    assert rc == 1
-    assert "Can't lookup mount=22" in result["msg"]
-    assert result["msg"].startswith(f"criu dump failed on {platform.node()} (rc=1)")
-    assert not (tmp_path / "criu-dump-lazy.pid").exists()
-
-
-def test_a_lazy_dump_needs_a_pidfile(
-    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = lazy_dump_args(tmp_path, fake_criu)
-    del args["pidfile"]
-    rc, result = run_module(args, capsys)
-    assert rc == 1
-    assert result["msg"] == "criu dump with lazy_pages=true needs pidfile"
-
-
-# -- the network post-copy probe ---------------------------------------------------------------
+# -- the network post-copy probe (module_utils/criu_probe.py: tests/unit/test_criu_probe.py) --
 
 
 def test_probe_names_the_dumps_failure_and_caches_the_verdict(
@@ -881,6 +650,7 @@ def test_probe_names_the_dumps_failure_and_caches_the_verdict(
     }
     rc, result = run_module(args, capsys)
     assert rc == 0, result
+    assert result["changed"] is False
     probe = result["probe"]
     assert probe["ok"] is False
     assert probe["side"] == "dump"
@@ -889,7 +659,9 @@ def test_probe_names_the_dumps_failure_and_caches_the_verdict(
         "Can't lookup mount=22 for fd=3 path=/dev/pts/0"
     )
     assert probe["cached"] is False
+    assert probe["name"] == "lazy_pages_network"
     assert probe["kernel"] == platform.release()
+    assert probe["criu_bin"] == str(fake_criu)
     calls = criu_calls(tmp_path)
     assert len(calls) == 1 and calls[0][0] == "dump"
     assert calls[0][-5:-1] == ["--lazy-pages", "--address", "127.0.0.1", "--port"]

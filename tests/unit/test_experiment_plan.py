@@ -734,6 +734,7 @@ def test_filter_names() -> None:
         "migration_plan",
         "migration_port_message",
         "migration_ports",
+        "migration_ssh_argv",
         "migration_transfer_tools",
     ]
 

@@ -678,6 +678,7 @@ def test_a_failed_restore_keeps_the_page_servers_figures() -> None:
         "finished_at": None,
         "pid": None,
         "stats": {},
+        "clock": None,
         "page_server": {"pages_received": 2750, "bytes_received": 11264000},
     }
     lines = summary_text(metrics_of(pair)).splitlines()
@@ -743,7 +744,7 @@ def test_summary_has_the_seeds_lines() -> None:
         "  Throughput: 131.65 MB/s",
         "Restore:",
         "  Duration: 0.53s",
-        "Downtime (dump start -> restored): 2.30s",
+        "Downtime (dump start -> restored): 2.30s (stepwise; orchestration gap 0.17s)",
         "Migration time (deadline clock): 32.30s",
         "  Deadline aws_120s: met (slack 87.70s)",
         "  Deadline gcp_30s: MISSED (slack -2.30s)",
@@ -771,7 +772,7 @@ def test_summary_without_a_restore() -> None:
     del pair.phases["restore"]
     del pair.phases["verification"]
     lines = summary_text(metrics_of(pair)).splitlines()
-    assert "Downtime (dump start -> restored): n/a" in lines
+    assert "Downtime (dump start -> restored): n/a (stepwise; orchestration gap n/a)" in lines
     assert any(line.startswith("App-perceived downtime (progress.log gap): n/a") for line in lines)
     assert "  Deadline gcp_30s: n/a" in lines
     assert not any(line.startswith("Verification:") for line in lines)
