@@ -18,8 +18,9 @@ help:
 	@echo "make guest-image  build (or confirm the cache of) the soft-dirty guest lab's image;"
 	@echo "               LAB_FLAVOUR=guest with lab-up / lab-down runs that lab (two QEMU guests)"
 	@echo "make demo      setup + lab-up + one real CRIU migration, printing the summary"
-	@echo "make test      ruff + the whole pytest suite (what CI runs)"
-	@echo "make bench     the performance benchmark"
+	@echo "make lint      ruff, ansible-lint (production profile), playbook syntax checks"
+	@echo "make test      lint + the whole pytest suite (what CI runs)"
+	@echo "make bench     the performance benchmarks (BENCH=transfer|critical-path; default all)"
 
 setup:
 	@scripts/setup.sh
@@ -39,14 +40,14 @@ lab-down:
 demo: lab-up
 	@$(ANSIBLE_PLAYBOOK) migrate.yml -e workload=memory -e mb_size=64 -e interval=0.5 -e max_memory=256 $(DEMO_ARGS)
 
-lint:
-	@$(VENV)/bin/ruff check .
-	@$(VENV)/bin/ruff format --check .
+lint: setup
+	@scripts/lint.sh
 
 test: setup
 	@scripts/run-tests.sh
 
-# The transfer benchmark (MB/s per backend vs `ssh cat`, same image, interleaved runs).
-# The critical-path benchmark against hand-run CRIU comes with the fused critical path.
+# The benchmarks, by section (BENCH=transfer | critical-path; all by default): each prints
+# its table and ratio lines; raw figures and charts under results/bench/ and .cache/.
+BENCH ?= all
 bench: lab-up
-	@$(PY) scripts/bench_transfer.py
+	@scripts/bench.sh $(BENCH)

@@ -349,7 +349,7 @@ class CriuAction:
             )
         if call.stats:  # returned only when CRIU wrote its stats image
             result["stats"] = call.stats
-        data = call.metrics(images_dir=opts["images_dir"])
+        data = call.metrics(images_dir=opts["images_dir"], cmd=call.argv)
         if self.action == "restore" and opts["pidfile"]:
             result["pid"] = data["pid"] = self._restored_pid(Path(opts["pidfile"]), call.log_file)
         phase = self.params["metrics_phase"] or PHASE[self.action]

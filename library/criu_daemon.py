@@ -263,7 +263,7 @@ class CriuDaemon:
         if self.module.check_mode:
             return {"changed": True, "cmd": argv, "msg": "check mode: nothing was started"}
         if self.daemon == "lazy-dump":
-            return self._start_lazy_dump(runner, opts, argv)
+            return self._start_lazy_dump(runner, opts)
         call = runner.run(ACTION[self.daemon], opts, p["timeout"])
         if not call.ok:
             self._fail_call(runner, call)
@@ -278,12 +278,18 @@ class CriuDaemon:
                 output=log_tail(call.output),
             )
         self.files.write_meta(self._meta(call, pid))
+        return self._started(call, pid)
+
+    @staticmethod
+    def _started(call: CriuCall, pid: int, **extra: Any) -> dict[str, Any]:
+        """The result of a start: what ran, the process, how long until it served."""
         return {
             "changed": True,
-            "cmd": argv,
+            "cmd": call.argv,
             "pid": pid,
             "duration_s": call.duration_s,
             "log_file": call.log_file,
+            **extra,
         }
 
     def _meta(self, call: CriuCall, pid: int) -> dict[str, Any]:
@@ -302,9 +308,7 @@ class CriuDaemon:
             kernel=platform.release(),
         )
 
-    def _start_lazy_dump(
-        self, runner: CriuRunner, opts: dict[str, Any], argv: list[str]
-    ) -> dict[str, Any]:
+    def _start_lazy_dump(self, runner: CriuRunner, opts: dict[str, Any]) -> dict[str, Any]:
         """Network post-copy: the dump runs in the background; return once it serves pages."""
         call, pid = start_lazy_dump(runner, opts, self.files, opts["timeout"])
         if not call.ok:
@@ -318,18 +322,15 @@ class CriuDaemon:
             address=opts["address"],
             port=opts["port"],
         )
-        return {
-            "changed": True,
-            "cmd": argv,
-            "pid": pid,
-            "duration_s": call.duration_s,
-            "log_file": call.log_file,
-            "serving": True,
-            "migration_metrics": {
+        return self._started(
+            call,
+            pid,
+            serving=True,
+            migration_metrics={
                 "phase": self.params["metrics_phase"] or PHASE[self.daemon],
                 "data": data,
             },
-        }
+        )
 
     # -- state=stopped ---------------------------------------------------------------
     def stop(self) -> dict[str, Any]:

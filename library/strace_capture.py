@@ -14,7 +14,7 @@ description:
     epoch timestamps and every byte hex-escaped.
   - The suite's workloads run with their stdio on C(/dev/null); this is how their output is
     seen. One capture is a I(window) (C(pre_dump), C(post_restore)) and leaves three files,
-    named by the caller as SPEC.md does - the readable log (C(workload_stdout_<window>.log)),
+    named by the caller as the results layout does (docs/protocol.md) - the readable log (C(workload_stdout_<window>.log)),
     strace's own output (C(.log.raw)) and a record of how it was collected
     (C(.log.info)).
   - I(state=started) returns once every target thread shows strace in C(TracerPid); strace

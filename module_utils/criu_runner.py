@@ -87,6 +87,24 @@ class CriuCall:
         }
 
 
+def run_captured(argv: Sequence[str], timeout_s: float) -> tuple[int, str, bool]:
+    """Run `argv` (stdin /dev/null, no inherited descriptors): (exit status, stdout and
+    stderr, timed out). A command past `timeout_s` is killed: -1 and what it printed."""
+    try:
+        proc = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+            check=False,
+            close_fds=True,
+        )
+    except subprocess.TimeoutExpired as exc:
+        return -1, (exc.output or b"").decode(errors="replace")[-4000:], True
+    return proc.returncode, proc.stdout.decode(errors="replace"), False
+
+
 class CriuRunner:
     """Runs CRIU calls on this host with one binary."""
 
@@ -129,21 +147,9 @@ class CriuRunner:
         call = CriuCall(action=action, argv=argv, log_file=str(opts.get("log_file") or ""))
         call.started_at = time.time()
         call.monotonic_start = time.monotonic()
-        try:
-            proc = subprocess.run(
-                argv if via is None else via(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=timeout_s,
-                check=False,
-                close_fds=True,
-            )
-            call.rc = proc.returncode
-            call.output = proc.stdout.decode(errors="replace")
-        except subprocess.TimeoutExpired as exc:
-            call.timed_out = True
-            call.output = (exc.output or b"").decode(errors="replace")[-4000:]
+        call.rc, call.output, call.timed_out = run_captured(
+            argv if via is None else via(argv), timeout_s
+        )
         call.monotonic_end = time.monotonic()
         call.finished_at = time.time()
         if via is None and call.ok:
@@ -152,19 +158,10 @@ class CriuRunner:
 
     def output(self, args: Sequence[str], timeout_s: float) -> tuple[int, str]:
         """(exit status, stdout + stderr) of `criu <args>`; -1 and a note when it hangs."""
-        try:
-            proc = subprocess.run(
-                [self.criu_bin, *args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=timeout_s,
-                check=False,
-                close_fds=True,
-            )
-        except subprocess.TimeoutExpired:
+        rc, output, timed_out = run_captured([self.criu_bin, *args], timeout_s)
+        if timed_out:
             return -1, f"criu {' '.join(args)} did not finish within {timeout_s:g} s"
-        return proc.returncode, proc.stdout.decode(errors="replace")
+        return rc, output
 
     def failure(self, call: CriuCall, log_text: str | None = None) -> str:
         """One line for fail_json: what failed, where, why, and where the log is."""
@@ -179,7 +176,11 @@ def read_stats(action: str, work_dir: Path) -> dict[str, Any]:
     image = work_dir / STATS_IMAGE.get(action, "-")
     if not image.is_file():
         return {}
-    summary = summarize_stats_image(str(image))
+    try:
+        summary = summarize_stats_image(str(image))
+    except (OSError, ValueError) as exc:
+        # a damaged image must not hide that the call itself succeeded
+        return {"error": f"{image}: {exc}"}
     return summary.get("restore" if action == "restore" else "dump", {})
 
 

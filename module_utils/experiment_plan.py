@@ -65,6 +65,9 @@ SETTINGS: dict[str, Param] = {
                 "source's clock; stepwise: one Ansible task per phase (to watch each phase; its "
                 "downtime includes Ansible's time between tasks, reported as the orchestration "
                 "gap)", choices=CRITICAL_PATHS),
+        setting("pairs_at_once", "int",
+                "how many source/destination pairs migrate at the same time (migrate.yml's "
+                "serial; 0: all of them)", min=0),
         setting("predump_iterations", "int",
                 "pre-dump count (at most, when adaptive); each pre-dump is sent to the "
                 "destination at once, while the workload runs", min=1, max=1000),

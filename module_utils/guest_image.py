@@ -6,7 +6,7 @@ is read here).
 
 A guest is a QEMU virtual machine in software emulation (TCG: this machine kind's KVM is
 a nested backend the stock kernel hangs on) running Debian 12's stock kernel, which has
-the soft-dirty memory tracking CRIU's pre-dumps need (LAB.md).
+the soft-dirty memory tracking CRIU's pre-dumps need (docs/lab.md).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def is_guest_link(name: str, prefix: str = DEFAULT_PREFIX) -> bool:
 
 
 def guests(subnet: str = DEFAULT_SUBNET, prefix: str = DEFAULT_PREFIX) -> list[Guest]:
-    """The lab's two guests, `source` and `destination` (SPEC.md names)."""
+    """The lab's two guests, `source` and `destination` (the names every inventory uses)."""
     if not re.fullmatch(r"[a-z]{1,10}", prefix):
         raise ValueError(f"guest lab prefix {prefix!r} must be 1-10 lowercase letters")
     network = ipaddress.ip_network(subnet)

@@ -56,7 +56,7 @@ def lab_hosts(
 ) -> list[LabHost]:
     """Hosts for `pairs` source/destination pairs.
 
-    One pair is named `source` / `destination` (SPEC.md); several are `source-1` /
+    One pair is named `source` / `destination` (as every inventory names them); several are `source-1` /
     `destination-1`, `source-2`, ...
     """
     if pairs < 1:

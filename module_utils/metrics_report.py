@@ -186,6 +186,7 @@ def _final_dump_section(pair: PairRecord) -> dict[str, Any] | None:
         "bytes": stats.get("bytes_written"),
         "started_at": iso_utc(dump.get("started_at")),
         "stats": stats,
+        "cmd": dump.get("cmd"),  # CRIU's argv, as run
     }
 
 
@@ -249,6 +250,7 @@ def _restore_section(pair: PairRecord) -> dict[str, Any] | None:
         # whose clock finished_at is on: the destination's (stepwise), or the source's when
         # the fused critical path timed the restore from there
         "clock": restore.get("clock") or ("destination" if restore else None),
+        "cmd": restore.get("cmd"),  # CRIU's argv, as run
     }
     for extra in daemons:
         section[extra] = {k: v for k, v in pair.last(extra).items() if k != "host"}

@@ -205,22 +205,7 @@ def start_detached(
         raise ValueError("start_detached needs a command")
     env_dict = None if env is None else {str(k): str(v) for k, v in env.items()}
     if exit_file is None:
-        with contextlib.ExitStack() as stack:
-            out = (
-                stack.enter_context(open(output, "ab"))
-                if output is not None
-                else subprocess.DEVNULL
-            )
-            proc = subprocess.Popen(
-                argv,
-                cwd=str(cwd),
-                env=env_dict,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT if output is not None else subprocess.DEVNULL,
-                close_fds=True,
-                start_new_session=True,
-            )
+        proc = _popen_apart(argv, cwd, env_dict, output)
         # The caller tracks the PID and reaps it (`reap`): marking the Popen object done keeps
         # subprocess from collecting the child's status behind the caller's back.
         proc.returncode = 0
@@ -233,6 +218,25 @@ def start_detached(
         None if output is None else os.path.abspath(output),
         os.path.abspath(exit_file),
     )
+
+
+def _popen_apart(
+    argv: list[str], cwd: str | Path, env: dict[str, str] | None, output: str | Path | None
+) -> subprocess.Popen[bytes]:
+    """`argv` in a session and process group of its own, stdin /dev/null, stdout and
+    stderr appended to `output` (or /dev/null), no descriptor above 2 inherited."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(output, "ab")) if output is not None else subprocess.DEVNULL
+        return subprocess.Popen(
+            argv,
+            cwd=str(cwd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if output is not None else subprocess.DEVNULL,
+            close_fds=True,  # CRIU refuses stray inherited descriptors
+            start_new_session=True,
+        )
 
 
 def _start_monitored(
@@ -261,24 +265,9 @@ def _start_monitored(
             os.closerange(3, write_end)
             os.closerange(write_end + 1, os.sysconf("SC_OPEN_MAX"))
             try:
-                with contextlib.ExitStack() as stack:
-                    out = (
-                        stack.enter_context(open(output, "ab"))
-                        if output is not None
-                        else subprocess.DEVNULL
-                    )
-                    child = subprocess.Popen(
-                        argv,
-                        cwd=str(cwd),
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT if output is not None else subprocess.DEVNULL,
-                        close_fds=True,
-                        # its own process group: terminate(pid, group=True) reaches the
-                        # command and its children, not the monitor that records its status
-                        start_new_session=True,
-                    )
+                # its own session and group: terminate(pid, group=True) reaches the command
+                # and its children, not the monitor that records its status
+                child = _popen_apart(argv, cwd, env, output)
             except (OSError, ValueError) as exc:  # e.g. no such program, a NUL in argv
                 os.write(write_end, f"error: {exc}".encode())
                 os._exit(1)

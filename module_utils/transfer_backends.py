@@ -247,6 +247,14 @@ def parse_rsync_stats(output: str) -> dict[str, int]:
     return stats
 
 
+def rsync_stats_or_raise(run: Runner, argv: list[str], what: str) -> dict[str, int]:
+    """Run an rsync; its --stats figures, or a TransferError saying what failed and why."""
+    rc, out, err = run(argv)
+    if rc != 0:
+        raise TransferError(f"{what} failed (rc={rc}): {err.strip()[-500:]}", argv, out + err)
+    return parse_rsync_stats(out)
+
+
 def child_pids(pid: int) -> list[int]:
     """Direct children of `pid` (from /proc)."""
     children = []
@@ -598,16 +606,11 @@ class EfsBackend:
         t0 = time.monotonic()
         if staged:
             os.makedirs(staging, exist_ok=True)
-            argv = local_rsync_argv(staged, staging + "/")
-            rc, out, err = run(argv)
-            if rc != 0:
-                raise TransferError(
-                    f"staging {', '.join(staged)} on {request.efs_path} failed (rc={rc}): "
-                    f"{err.strip()[-500:]}",
-                    argv,
-                    out + err,
-                )
-            stats = parse_rsync_stats(out)
+            stats = rsync_stats_or_raise(
+                run,
+                local_rsync_argv(staged, staging + "/"),
+                f"staging {', '.join(staged)} on {request.efs_path}",
+            )
         duration = time.monotonic() - t0
         return TransferResult(
             method=self.name,
@@ -629,16 +632,11 @@ class EfsBackend:
         stats: dict[str, int] = {}
         t0 = time.monotonic()
         if staged:
-            argv = local_rsync_argv([f"{staging}/.{path}" for path in staged], "/")
-            rc, out, err = run(argv)
-            if rc != 0:
-                raise TransferError(
-                    f"copying {', '.join(staged)} from {staging} failed (rc={rc}): "
-                    f"{err.strip()[-500:]}",
-                    argv,
-                    out + err,
-                )
-            stats = parse_rsync_stats(out)
+            stats = rsync_stats_or_raise(
+                run,
+                local_rsync_argv([f"{staging}/.{path}" for path in staged], "/"),
+                f"copying {', '.join(staged)} from {staging}",
+            )
         return TransferResult(
             method=self.name,
             duration_s=time.monotonic() - t0,

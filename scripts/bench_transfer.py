@@ -19,7 +19,7 @@ run by the suite's own backend code (module_utils/transfer_backends.py) on the s
                      then dropped from the page cache) and read back on the destination:
                      what a dump to and a restore from the share pay instead of a copy
 
-The lab's VM hands freed memory back to its host and touching it again is slower (LAB.md),
+The lab's VM hands freed memory back to its host and touching it again is slower (docs/lab.md),
 so one warm-up round runs first (not reported) and the variants are interleaved: each
 round runs all of them, in an order rotated by one per round. MB/s = 10^6 bytes / s of the
 image's payload. Prints a table (median, min-max) and writes JSON beside the image.
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "module_utils"))
 
+from lab_hosts import LabHosts  # noqa: E402
 from transfer_backends import (  # noqa: E402
     RsyncBackend,
     TransferRequest,
@@ -192,40 +192,9 @@ def node_main(args: argparse.Namespace) -> dict[str, Any]:
 # -- control side ---------------------------------------------------------------------------------
 
 
-class Lab:
-    def __init__(self, inventory: Path) -> None:
-        import yaml
-
-        data = yaml.safe_load(inventory.read_text())
-        top = data["all"]["vars"]
-        hosts: dict[str, dict[str, Any]] = {}
-
-        def walk(group: dict[str, Any]) -> None:
-            hosts.update(group.get("hosts") or {})
-            for child in (group.get("children") or {}).values():
-                walk(child or {})
-
-        walk(data["all"])
-        self.key = top["migration_ssh_key"]
-        self.known_hosts = top["migration_known_hosts"]
-        self.source = hosts["source"].get("migration_address") or hosts["source"]["ansible_host"]
-        self.destination = (
-            hosts["destination"].get("migration_address") or hosts["destination"]["ansible_host"]
-        )
-
-    def node(self, address: str, *node_args: str) -> dict[str, Any]:
-        ssh = [
-            "ssh", "-o", "BatchMode=yes", "-i", self.key, "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            f"root@{address}",
-        ]  # fmt: skip
-        command = shlex.join(
-            ["/usr/bin/python3", str(Path(__file__).resolve()), "--node", *node_args]
-        )
-        proc = subprocess.run([*ssh, command], capture_output=True, text=True, check=False)
-        if proc.returncode:
-            raise SystemExit(f"on {address}: {command}\n{proc.stdout}{proc.stderr}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+class Lab(LabHosts):
+    def node(self, address: str, *node_args: str) -> dict[str, Any]:  # type: ignore[override]
+        return super().node(address, Path(__file__).resolve(), *node_args)
 
 
 def make_image(workload: str) -> Path:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make guest-image`: the soft-dirty guest lab's boot image (LAB.md, "A soft-dirty host for
-# pre-dump tests"): Debian 12's stock kernel (6.1, CONFIG_MEM_SOFT_DIRTY=y), a busybox
+# `make guest-image`: the soft-dirty guest lab's boot image (docs/lab.md, "The soft-dirty guest lab
+# (QEMU)"): Debian 12's stock kernel (6.1, CONFIG_MEM_SOFT_DIRTY=y), a busybox
 # initramfs that loads virtio + ext4 and switch_roots, and a minimal Debian 12 root
 # filesystem (python3, sshd, rsync, strace, the workloads' Debian dependencies, the
 # suite's CRIU at /usr/local/sbin/criu) as a raw ext4 image that every guest boots from

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# `make test`: lint, then the whole pytest suite. pytest's exit code 5 (nothing collected)
+# `make test`: lint (scripts/lint.sh: ruff, ansible-lint, syntax checks), then the whole
+# pytest suite. pytest's exit code 5 (nothing collected)
 # is a failure here. Under CI (CI=true, .ci/run) a skipped lab, guest or integration test
 # fails too (tests/conftest.py); every run ends with the count of skipped tests and why.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export ANSIBLE_CONFIG="$PWD/ansible.cfg"
-.venv/bin/ruff check . || exit 1
-.venv/bin/ruff format --check . || exit 1
+scripts/lint.sh || exit 1
 .venv/bin/pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -33,7 +33,7 @@ def recorded(name: str) -> tuple[int, str]:
     return RCS[name]["rc"], (FIXTURES / f"{name}.txt").read_text()
 
 
-# Debian 12's packaged CRIU 3.17.1 on this kernel: the failure LAB.md reports for `criu check`
+# Debian 12's packaged CRIU 3.17.1 on this kernel: the failure docs/lab.md reports for `criu check`
 # ("vdso: Unexpected rt vDSO area bounds"), written in CRIU's log format (pr_err in criu/vdso.c
 # with LOG_PREFIX "vdso: "), after the rlimit complaint CRIU prints on every run here. Not a
 # recording: 3.17.1 is not installed on this machine.
@@ -436,7 +436,7 @@ def test_check_all_with_missing_features_is_not_ok() -> None:
 
 
 def test_check_looks_good_after_the_harmless_rlimit_error() -> None:
-    # LAB.md: printed on every run on hosts without CAP_SYS_RESOURCE, and harmless.
+    # docs/lab.md: printed on every run on hosts without CAP_SYS_RESOURCE, and harmless.
     output = (
         "Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: "
         "Operation not permitted\nWarn  (criu/cr-check.c:1200): some warning\nLooks good.\n"

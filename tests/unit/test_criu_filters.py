@@ -185,7 +185,7 @@ def test_facts_no_network_lock() -> None:
 
 
 def test_facts_soft_dirty_guest_and_unusable_criu() -> None:
-    # The QEMU guest of LAB.md: soft-dirty present; and a CRIU whose check failed.
+    # The QEMU guest lab (docs/lab.md): soft-dirty present; and a CRIU whose check failed.
     probe = {
         "criu_bin": "/usr/sbin/criu",
         "version": "3.17.1",

@@ -105,7 +105,9 @@ def test_page_server_and_lazy_pages_are_accepted_by_the_preflight() -> None:
 
 
 def test_predump_needs_soft_dirty_on_the_source() -> None:
-    assert gating_errors(lab_facts(), "source", "source", settings(checkpoint_strategy="predump"), MEMORY) == [
+    assert gating_errors(
+        lab_facts(), "source", "source", settings(checkpoint_strategy="predump"), MEMORY
+    ) == [
         "checkpoint_strategy=predump needs soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY; criu check "
         f"--feature mem_dirty_track), which source (kernel {KERNEL}) lacks; use checkpoint_strategy=full, "
         "or the soft-dirty guest lab"
@@ -114,9 +116,15 @@ def test_predump_needs_soft_dirty_on_the_source() -> None:
 
 def test_predump_passes_with_soft_dirty_and_never_gates_the_destination() -> None:
     guest = lab_facts(soft_dirty=True, kernel="6.1.0-56-amd64")
-    assert gating_errors(guest, "guest-a", "source", settings(checkpoint_strategy="predump"), MEMORY) == []
     assert (
-        gating_errors(lab_facts(), "d", "destination", settings(checkpoint_strategy="predump"), MEMORY) == []
+        gating_errors(guest, "guest-a", "source", settings(checkpoint_strategy="predump"), MEMORY)
+        == []
+    )
+    assert (
+        gating_errors(
+            lab_facts(), "d", "destination", settings(checkpoint_strategy="predump"), MEMORY
+        )
+        == []
     )
 
 

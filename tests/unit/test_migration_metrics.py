@@ -679,6 +679,7 @@ def test_a_failed_restore_keeps_the_page_servers_figures() -> None:
         "pid": None,
         "stats": {},
         "clock": None,
+        "cmd": None,
         "page_server": {"pages_received": 2750, "bytes_received": 11264000},
     }
     lines = summary_text(metrics_of(pair)).splitlines()

@@ -1,7 +1,7 @@
 """Structure of the AWS configuration in terraform/, read with python-hcl2.
 
 The AWS provider cannot be downloaded here, so `terraform validate` cannot run on it
-(LAB.md); these checks cover what the experiments rely on: variables, outputs, the
+(docs/lab.md); these checks cover what the experiments rely on: variables, outputs, the
 security-group ports, the instance profile, and the wiring of the provider-free inventory
 module (which tests/integration/test_terraform_inventory.py runs with the real CLI).
 """

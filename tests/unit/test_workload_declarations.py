@@ -1,7 +1,7 @@
 """Every workload declaration (`workloads/<name>.yml`) is well-formed and matches its script.
 
 The format is docs/architecture.md's "A workload declaration"; the seed parameters and their
-defaults are SPEC.md's "Workloads and parameters".
+defaults are the seed's (README, "Workload parameters").
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 WORKLOADS = REPO / "workloads"
 
-# SPEC.md's table: every seed parameter with its seed default.
+# The seed's table: every seed parameter with its seed default.
 SEED_PARAMS: dict[str, dict[str, Any]] = {
     "memory": {"mb_size": 256, "interval": 5.0, "max_memory": 8192},
     "matmul": {"matrix_size": 2048, "iterations": 0, "interval": 1.0},

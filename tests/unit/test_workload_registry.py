@@ -148,7 +148,8 @@ def test_resolve_params_defaults() -> None:
 
 def test_resolve_params_coerces_overrides_and_ignores_other_variables() -> None:
     values, errors = resolve_params(
-        memory(), {"mb_size": "64", "interval": "0.5", "checkpoint_strategy": "full", "workload": "memory"}
+        memory(),
+        {"mb_size": "64", "interval": "0.5", "checkpoint_strategy": "full", "workload": "memory"},
     )
     assert errors == []
     assert values == {"mb_size": 64, "interval": 0.5, "max_memory": 8192}

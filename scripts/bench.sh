@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `make bench [BENCH=<section>]`: the performance benchmarks, one section or all of them.
+# Each prints its table and ratio lines and keeps its raw figures (see each script's help).
+#   transfer       MB/s per transfer backend against `ssh cat` (scripts/bench_transfer.py)
+#   critical-path  the suite's downtime (fused, stepwise) against CRIU chained by hand, and
+#                  three pairs at once against one at a time (scripts/bench_critical_path.py)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ANSIBLE_CONFIG="$PWD/ansible.cfg"
+sections=(transfer critical-path)
+run_section() {
+  case "$1" in
+    transfer) .venv/bin/python scripts/bench_transfer.py ;;
+    critical-path) .venv/bin/python scripts/bench_critical_path.py ;;
+    *) echo "make bench: unknown section BENCH=$1; sections: ${sections[*]} (or all)" >&2; exit 2 ;;
+  esac
+}
+if [ "${1:-all}" = all ]; then
+  for section in "${sections[@]}"; do
+    echo "== make bench: $section"
+    run_section "$section"
+  done
+else
+  run_section "$1"
+fi
