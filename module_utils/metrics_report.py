@@ -438,19 +438,24 @@ TASK_MATCH_SLACK_S = 0.5
 
 
 def _task_of(pair: PairRecord, phase: str, call: dict[str, Any]) -> TaskRecord | None:
-    """The Ansible task that ran a CRIU call: same phase and host, its span holding the call's."""
+    """The Ansible task that ran a CRIU call: same phase and host, its span holding the
+    call's (within the clocks' slack), and of those the one overlapping the call most - a
+    short task just before it (a role's argument validation) holds no part of it."""
     start, end, host = call.get("started_at"), call.get("finished_at"), call.get("host")
     if not start or not end:
         return None
+    best, best_overlap = None, 0.0
     for task in pair.tasks:
-        if task.phase == phase and task.host == host and task.status in ("ok", "failed"):
-            task_end = task.start_epoch + task.duration_s
-            if (
-                task.start_epoch - TASK_MATCH_SLACK_S <= start
-                and end <= task_end + TASK_MATCH_SLACK_S
-            ):
-                return task
-    return None
+        if task.phase != phase or task.host != host or task.status not in ("ok", "failed"):
+            continue
+        task_end = task.start_epoch + task.duration_s
+        holds = (
+            task.start_epoch - TASK_MATCH_SLACK_S <= start and end <= task_end + TASK_MATCH_SLACK_S
+        )
+        overlap = min(end, task_end) - max(start, task.start_epoch)
+        if holds and overlap > best_overlap:
+            best, best_overlap = task, overlap
+    return best
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,16 @@ def test_a_call_longer_than_its_task_means_clock_trouble() -> None:
     assert "are the clocks right?" in criu_stats_warnings(pair)[0]["message"]
 
 
+def test_the_role_argument_check_before_the_dump_is_not_its_task() -> None:
+    # each role starts with a short "Validating arguments" task of its phase: within the
+    # clocks' slack of the dump's start, but holding none of it
+    dump = {**stats(FULL / "stats-dump", "dump"), "frozen_s": 0.15}
+    pair = pair_of(dump_stats=dump, dump_s=0.2)
+    validation = task("source", "checkpoint_dump", T0 + 9.95, 0.036, "Validating arguments")
+    pair.tasks.insert(0, validation)
+    assert criu_stats_warnings(pair) == []
+
+
 def test_a_call_outside_every_task_is_not_matched() -> None:
     pair = pair_of()
     pair.tasks = []
