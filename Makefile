@@ -20,7 +20,7 @@ help:
 	@echo "make demo      setup + lab-up + one real CRIU migration, printing the summary"
 	@echo "make lint      ruff, ansible-lint (production profile), playbook syntax checks"
 	@echo "make test      lint + the whole pytest suite (what CI runs)"
-	@echo "make bench     the performance benchmarks (BENCH=transfer|critical-path; default all)"
+	@echo "make bench     the performance benchmarks (BENCH=transfer|critical-path|tls|links|links-downtime; default all)"
 
 setup:
 	@scripts/setup.sh
@@ -46,7 +46,8 @@ lint: setup
 test: setup
 	@scripts/run-tests.sh
 
-# The benchmarks, by section (BENCH=transfer | critical-path; all by default): each prints
+# The benchmarks, by section (BENCH=transfer | critical-path | tls | links | links-downtime; all but
+# links-downtime by default): each prints
 # its table and ratio lines; raw figures and charts under results/bench/ and .cache/.
 BENCH ?= all
 bench: lab-up

@@ -50,6 +50,19 @@ _LOCATION_AFTER = {
 }
 
 
+def _task_phase(task: Any, role: str | None) -> str | None:
+    """The phase a task belongs to: its role's, except the check of a role's arguments,
+    which Ansible runs on entering a role and which is part of no phase (the fused path
+    enters checkpoint_dump for the page server before the freeze: its argument check is
+    not a dump step)."""
+    if getattr(task, "action", None) in (
+        "validate_argument_spec",
+        "ansible.builtin.validate_argument_spec",
+    ):
+        return None
+    return ROLE_PHASES.get(role or "")
+
+
 class CallbackModule(CallbackBase):
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "aggregate"
@@ -124,6 +137,7 @@ class CallbackModule(CallbackBase):
         try:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(journal, indent=2))
+            tmp.chmod(0o600)  # the results are root's only (module_utils/private_files.py)
             tmp.replace(path)
         except OSError as exc:
             self._display.warning(f"migration_metrics: cannot write {path}: {exc}")
@@ -168,7 +182,7 @@ class CallbackModule(CallbackBase):
                     host=host,
                     task=task.get_name(),
                     role=role,
-                    phase=ROLE_PHASES.get(role or ""),
+                    phase=_task_phase(task, role),
                     start_epoch=start_wall,
                     duration_s=now_mono - start_mono,
                     status=status,
@@ -268,6 +282,7 @@ class CallbackModule(CallbackBase):
             if save:
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(metrics, indent=2, sort_keys=False, default=str))
+                tmp.chmod(0o600)
                 tmp.replace(path)
             journal = self.journals[source]
             journal["status"] = pair.status

@@ -3,6 +3,7 @@
 Shared by every module that sends checkpoints (`checkpoint_transfer`, and through its
 `transfer` dict `predump_loop` and `critical_path`); the argument spec they document is
 `TRANSFER_OPTIONS` in module_utils/transfer_backends.py.
+`doc_fragments/aws_api.py` documents `AWS_OPTIONS` beside it.
 """
 
 from __future__ import annotations
@@ -59,4 +60,37 @@ options:
         description: This experiment's folder on the shared filesystem (efs); staged paths go
           under C(<efs_dir>/files).
         type: path
+      s3_bucket:
+        description: The bucket (s3; the experiment's C(s3_bucket)).
+        type: str
+      s3_prefix:
+        description: This pair's key prefix, C(<s3_prefix>/<experiment id>/<source host>) (s3);
+          files go under C(<prefix>/files/<absolute path>), each stage's manifest under
+          C(<prefix>/manifests/<stage>.json).
+        type: str
+      s3_endpoint_url:
+        description: An S3-compatible endpoint (s3; empty - AWS's own).
+        type: str
+      s3_part_size_mb:
+        description: Multipart part size and single-request threshold, MiB (s3).
+        type: int
+        default: 8
+      s3_max_concurrency:
+        description: Concurrent requests per side (s3).
+        type: int
+        default: 10
+      ebs_volume_id:
+        description: The pair's EBS volume (ebs).
+        type: str
+      ebs_mount_path:
+        description: Where the volume is mounted on the host that holds it (ebs).
+        type: path
+      ebs_dir:
+        description: This experiment's folder on the volume (ebs); staged paths go under
+          C(<ebs_dir>/files).
+        type: path
+      ebs_timeout_s:
+        description: How long the volume's device may take to appear after the attach (ebs).
+        type: float
+        default: 300.0
 """

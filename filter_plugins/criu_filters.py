@@ -92,6 +92,11 @@ def criu_facts_from_probe(
         "lazy_pages": bool(features.get(FEATURE_UFFD_NONCOOP)),
         "network_lock": network_lock,
         "features": features,
+        # CRIU takes --tls (built with GnuTLS), and why not
+        "tls": bool((probe.get("tls") or {}).get("ok")),
+        "tls_reason": (probe.get("tls") or {}).get("reason", ""),
+        # root here may read another user's rlimits (criu dump of a non-root process)
+        "cap_sys_resource": bool(probe.get("cap_sys_resource")),
         **lazy_network_facts(lazy_network_probe),
     }
 

@@ -21,6 +21,15 @@ description:
   - C(efs) - the dump wrote the images onto a filesystem both hosts mount (I(efs_path)), so
     they are restored from there without a copy. Paths not on it (the working directory)
     are staged in I(efs_dir) by the send and copied to their own paths by the receive.
+  - C(s3) - the send uploads every file to I(s3_bucket) under I(s3_prefix) (multipart,
+    I(s3_max_concurrency) concurrent requests), the receive on the destination downloads them
+    to the same paths; both run the standalone C(s3_transfer.py) in I(aws.tools_dir) with the
+    node's C(/usr/bin/python3) (Debian's python3-boto3). A failed upload removes what it left
+    in the bucket (unfinished multipart uploads aborted, objects deleted).
+  - C(ebs) - the dump wrote the images onto the pair's volume, mounted at I(ebs_mount_path);
+    the send stages the other paths on it, flushes and unmounts it; the control node then
+    moves the volume (M(ebs_attachment)) and the receive finds its device by volume id,
+    mounts it and copies the staged paths out. The move's figures come in as I(handover).
   - I(verify=true) - a sha256 manifest of the sent files is made on the source during the
     send (right after the dump - CRIU writes the images itself) and compared on the
     destination by the receive, which fails, naming the file, on any difference.
@@ -65,14 +74,20 @@ options:
     description: Which transfer this is (C(final), C(predump-N)), for the metrics.
     type: str
     default: final
-extends_documentation_fragment: [transfer]
+  handover:
+    description: What happened between the send and the receive on neither host, with its
+      C(duration_s) (C(side=receive), C(ebs) - the control node's detach and attach of the
+      volume); it joins the transfer's record and duration.
+    type: dict
+extends_documentation_fragment: [transfer, aws_api]
 attributes:
   check_mode:
     support: partial
     details: Reports the plan without sending anything.
 notes:
   - Needs C(rsync) on both hosts (C(rsync), C(efs)) or C(tar) and C(zstd) on both hosts
-    (C(compress=zstd)); the node checks refuse a host without them before the workload starts.
+    (C(compress=zstd)), C(/usr/bin/python3) with python3-boto3 (C(s3)), C(mount), C(blkid) and
+    C(rsync) (C(ebs)); the node checks refuse a host without them before the workload starts.
   - A failed send leaves partial files on the destination; the run's rescue restores the
     workload on the source from its intact images.
   - The suite's docs/transfer.md has the backends' tuning measurements and the EFS mount
@@ -119,7 +134,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 method:
-  description: The backend that ran (C(rsync), C(ssh-zstd), C(efs)).
+  description: The backend that ran (C(rsync), C(ssh-zstd), C(efs), C(s3), C(ebs)).
   returned: always
   type: str
   sample: rsync
@@ -157,9 +172,30 @@ send:
   sample: {duration_s: 0.84, bytes: 268435456, files: 14, throughput_mb_s: 319.6}
 receive:
   description: The destination side's own figures (two-sided backends, after C(side=receive)).
-  returned: efs
+  returned: efs, s3, ebs
   type: dict
   sample: {duration_s: 0.05, bytes: 5213, files: 2, throughput_mb_s: 0.104}
+s3:
+  description: The bucket, the pair's prefix, the endpoint, part size and concurrency, and the
+    tool's own figures each way - C(upload) (duration, bytes, objects, MB/s, parts,
+    multipart uploads) and after C(side=receive) C(download) (duration, bytes, objects, MB/s,
+    GET requests).
+  returned: s3
+  type: dict
+  sample: {bucket: criu-lab, prefix: criu-migration/e1/source/, upload: {duration_s: 0.9,
+           bytes: 69885952, objects: 14, mb_s: 77.6, parts: 16}}
+ebs:
+  description: The volume, its mount path and each step's time on each host - C(source)
+    (stage_s, sync_s, umount_s) and after C(side=receive) C(destination) (device,
+    device_wait_s, mount_s, copy_s).
+  returned: ebs
+  type: dict
+  sample: {volume_id: vol-0123456789abcdef0, source: {umount_s: 0.02},
+           destination: {device: /dev/nvme1n1, mount_s: 0.03}}
+handover:
+  description: The I(handover) given to C(side=receive), as it joined the record.
+  returned: ebs
+  type: dict
 compression:
   description: zstd figures - raw and compressed bytes, ratio, time, MB/s before and after
     compression, zstd's CPU seconds.
@@ -206,7 +242,9 @@ from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.private_files import private_umask
 from ansible.module_utils.transfer_backends import (
+    AWS_OPTIONS,
     TRANSFER_OPTIONS,
     TransferError,
     TransferRequest,
@@ -228,14 +266,17 @@ class CheckpointTransfer:
         return request_from_options(
             p["transfer"],
             p["paths"],
+            p["aws"],
             verify=p["verify"],
             stage=p["stage"],
             page_server=p["page_server"],
             fault=p["fault"],
         )
 
-    def run(self, argv: list[str]) -> tuple[int, str, str]:
-        return self.module.run_command(argv)
+    def run(self, argv: list[str], stdin: bytes | None = None) -> tuple[int, str, str]:
+        if stdin is None:
+            return self.module.run_command(argv)
+        return self.module.run_command(argv, data=stdin, binary_data=True)
 
     def fail(self, msg: str, **extra: Any) -> None:
         self.module.fail_json(msg=msg, method=self.params["transfer"]["method"], **extra)
@@ -298,7 +339,7 @@ class CheckpointTransfer:
             )
         try:
             record, problems = transfer_receive(
-                self.request(), self.run, p["sent"], p["manifest"], backend
+                self.request(), self.run, p["sent"], p["manifest"], backend, p["handover"]
             )
         except (TransferError, ValueError) as exc:
             self.fail(
@@ -320,6 +361,7 @@ class CheckpointTransfer:
 
 
 def main() -> None:
+    private_umask()  # the experiment's files: 0600 / 0700 (module_utils/private_files.py)
     module = AnsibleModule(
         argument_spec={
             "transfer": {"type": "dict", "required": True, "options": TRANSFER_OPTIONS},
@@ -331,6 +373,8 @@ def main() -> None:
             "sent": {"type": "dict"},
             "fault": {"type": "str", "default": "none", "choices": ["none", "interrupt"]},
             "stage": {"type": "str", "default": "final"},
+            "handover": {"type": "dict"},
+            "aws": {"type": "dict", "options": AWS_OPTIONS},
         },
         supports_check_mode=True,
     )

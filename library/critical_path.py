@@ -35,7 +35,8 @@ options:
   dump:
     description: The final dump's CRIU options (the M(criu) module's names - C(pid),
       C(images_dir), C(log_file), C(track_mem), C(prev_images_dir), C(page_server),
-      C(address), C(port), C(tcp_established), C(network_lock), C(file_locks)). With
+      C(address), C(port), C(tcp_established), C(network_lock), C(file_locks); C(tls),
+      C(tls_cacert), C(tls_cert), C(tls_key) for page traffic over TLS). With
       C(lazy_pages=true) the dump is network post-copy - it runs in the background and
       serves the pages (I(lazy_dump_pidfile)).
     type: dict
@@ -62,8 +63,8 @@ options:
     default: none
   lazy_pages_daemon:
     description: The destination's C(criu lazy-pages) options (C(images_dir), C(log_file),
-      C(pidfile), C(page_server), C(address), C(port)); given - it is started after the
-      transfer, before the restore (lazy_pages=true).
+      C(pidfile), C(page_server), C(address), C(port), and the C(tls) options of I(dump));
+      given - it is started after the transfer, before the restore (lazy_pages=true).
     type: dict
   restore:
     description: The restore's CRIU options on the destination (C(images_dir), C(log_file),
@@ -79,7 +80,7 @@ options:
     description: Seconds each step (dump, transfer, restore) may take.
     type: int
     default: 600
-extends_documentation_fragment: [transfer]
+extends_documentation_fragment: [transfer, aws_api]
 attributes:
   check_mode:
     support: partial
@@ -187,9 +188,11 @@ from ansible.module_utils.criu_runner import (
 )
 from ansible.module_utils.criu_stats import CriuStatsError, summarize_stats_image
 from ansible.module_utils.faults import CORRUPT_PAGE_IMAGE_SH, parse_corruption
+from ansible.module_utils.private_files import private_umask, umasked
 from ansible.module_utils.processes import ProcessFiles
 from ansible.module_utils.ssh_master import SshMaster, SshMasterError
 from ansible.module_utils.transfer_backends import (
+    AWS_OPTIONS,
     TRANSFER_OPTIONS,
     TransferError,
     backend_for,
@@ -264,7 +267,9 @@ class CriticalPath:
     # -- the steps ---------------------------------------------------------------------
     def prepare(self) -> None:
         """Before the freeze: the master connection and the destination's folders."""
-        request = request_from_options(self.params["transfer"], self.params["paths"])
+        request = request_from_options(
+            self.params["transfer"], self.params["paths"], self.params["aws"]
+        )
         self.master = SshMaster(request)
         try:
             self.master.open()
@@ -280,7 +285,7 @@ class CriticalPath:
                 if self.restore_opts.get(key)
             }
         )
-        rc, _out, err = self.master.run(["mkdir", "-p", *folders], 30)
+        rc, _out, err = self.master.run(umasked(["mkdir", "-p", *folders]), 30)
         if rc != 0:
             raise CriticalPathFailed(
                 f"cannot create {', '.join(folders)} on {request.destination}: {err.strip()}",
@@ -321,6 +326,7 @@ class CriticalPath:
         request = request_from_options(
             p["transfer"],
             p["paths"],
+            p["aws"],
             verify=p["verify"],
             stage="final",
             page_server=bool(self.dump_opts.get("page_server")),
@@ -394,7 +400,7 @@ class CriticalPath:
         self.journal.write("restore started")
         # the restore runs there, timed here: its end is on the source's clock too
         call = self.remote_runner.run(
-            "restore", self.restore_opts, self.params["timeout"], via=self.master.argv
+            "restore", self.restore_opts, self.params["timeout"], via=self.on_destination
         )
         self._step("restore", call.monotonic_start, call.monotonic_end)
         # timed here (clock: source), run there (ran_on: where the workload now is)
@@ -429,7 +435,7 @@ class CriticalPath:
         what criu_daemon state=stopped needs beside its pidfile."""
         assert self.master is not None
         call = self.remote_runner.run(
-            "lazy-pages", daemon, self.params["timeout"], via=self.master.argv
+            "lazy-pages", daemon, self.params["timeout"], via=self.on_destination
         )
         pid = self.remote_pid(daemon["pidfile"])
         if not call.ok or pid is None:
@@ -440,7 +446,13 @@ class CriticalPath:
             )
         meta = json.dumps(daemon_meta("lazy-pages", call, pid, daemon))
         meta_file = str(ProcessFiles.at(daemon["pidfile"]).meta_file)
-        self.master.run(["sh", "-c", 'cat > "$1"', "meta", meta_file], 30, meta.encode())
+        self.master.run(umasked(["sh", "-c", 'cat > "$1"', "meta", meta_file]), 30, meta.encode())
+
+    def on_destination(self, argv: list[str]) -> list[str]:
+        """The ssh argv that runs a CRIU call on the destination over the master, with the
+        private umask (its images, log and pidfile 0600)."""
+        assert self.master is not None
+        return self.master.argv(umasked(argv))
 
     def remote_pid(self, pidfile: str) -> int | None:
         text = (self.master.read_bytes(pidfile) or b"").decode().strip() if self.master else ""
@@ -457,8 +469,10 @@ class CriticalPath:
             image.flush()
             return summarize_stats_image(image.name).get("restore", {})
 
-    def run_local(self, argv: list[str]) -> tuple[int, str, str]:
-        return self.module.run_command(argv, check_rc=False)
+    def run_local(self, argv: list[str], stdin: bytes | None = None) -> tuple[int, str, str]:
+        if stdin is None:
+            return self.module.run_command(argv, check_rc=False)
+        return self.module.run_command(argv, check_rc=False, data=stdin, binary_data=True)
 
     # -- the call ----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -520,6 +534,7 @@ class CriticalPath:
 
 
 def main() -> None:
+    private_umask()  # the experiment's files: 0600 / 0700 (module_utils/private_files.py)
     module = AnsibleModule(
         argument_spec={
             "criu_bin": {"type": "path"},
@@ -527,6 +542,7 @@ def main() -> None:
             "lazy_dump_pidfile": {"type": "path"},
             "paths": {"type": "list", "elements": "path", "required": True},
             "transfer": {"type": "dict", "required": True, "options": TRANSFER_OPTIONS},
+            "aws": {"type": "dict", "options": AWS_OPTIONS},
             "verify": {"type": "bool", "default": False},
             "fault": {
                 "type": "str",

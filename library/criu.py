@@ -13,7 +13,10 @@ description:
     C(stats-dump) / C(stats-restore) images, decoded by the suite's C(criu_stats) module
     utility.
   - C(check) reports the CRIU version, whether C(criu check) passes, and which of the
-    requested kernel features (C(criu check --feature NAME)) are present.
+    requested kernel features (C(criu check --feature NAME)) are present; whether this CRIU
+    takes C(--tls) (C(criu check --tls) - a CRIU built without GnuTLS refuses it), and
+    whether this host's root has C(CAP_SYS_RESOURCE), without which CRIU cannot read the
+    rlimits of a non-root process (C(Can't get rlimit)).
   - C(check) with I(probe=lazy_pages_network) tests network post-copy for real on this host
     instead (C(module_utils/criu_probe.py)) - a throwaway process is dumped with
     C(--lazy-pages) to a local port, fetched by C(criu lazy-pages --page-server) and restored
@@ -69,6 +72,20 @@ options:
   port:
     description: The page server's TCP port (dump with I(page_server)).
     type: int
+  tls:
+    description: Encrypt and authenticate the page server connection (dump with
+      I(page_server)) with TLS - C(--tls) with I(tls_cacert), I(tls_cert) and I(tls_key).
+    type: bool
+    default: false
+  tls_cacert:
+    description: The CA certificate the peer's certificate must be signed by (PEM).
+    type: path
+  tls_cert:
+    description: This host's certificate (PEM), signed by I(tls_cacert)'s CA.
+    type: path
+  tls_key:
+    description: This host's private key (PEM) for I(tls_cert).
+    type: path
   tcp_established:
     description: Checkpoint / restore established TCP connections (--tcp-established).
     type: bool
@@ -222,6 +239,17 @@ features:
   returned: check
   type: dict
   sample: {mem_dirty_track: false, uffd-noncoop: true}
+tls:
+  description: Whether this CRIU takes C(--tls) (check), and CRIU's reason when it does not.
+  returned: check
+  type: dict
+  sample: {ok: true, reason: ""}
+cap_sys_resource:
+  description: Whether root on this host has CAP_SYS_RESOURCE (check); without it CRIU cannot
+    dump a process of another user.
+  returned: check
+  type: bool
+  sample: false
 kernel:
   description: The host's kernel release.
   returned: always
@@ -240,6 +268,8 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.criu_cli import (
+    error_message,
+    first_error,
     log_tail,
     parse_check_output,
     parse_criu_version,
@@ -247,9 +277,26 @@ from ansible.module_utils.criu_cli import (
 )
 from ansible.module_utils.criu_probe import probe_lazy_pages_network
 from ansible.module_utils.criu_runner import PHASE, CriuRunner, find_criu
+from ansible.module_utils.private_files import private_umask
 from ansible.module_utils.processes import is_alive, wait_until
 
 ACTIONS = ("check", "dump", "pre-dump", "restore")
+# capabilities(7): CRIU reads every dumped process's rlimits with prlimit(2), which for a
+# process of another user needs CAP_SYS_RESOURCE (docs/lab.md: the lab's root lacks it).
+CAP_SYS_RESOURCE = 24
+
+
+def has_capability(bit: int, status_file: str = "/proc/self/status") -> bool:
+    """Whether this process (root on the host, as CRIU runs) has capability `bit` in its
+    effective set (CapEff of /proc/self/status)."""
+    try:
+        with open(status_file, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 class CriuAction:
@@ -271,6 +318,8 @@ class CriuAction:
             feature: self.runner.output(["check", "--feature", feature], 60)[0] == 0
             for feature in self.params["features"]
         }
+        tls = self.tls_support(verdict.ok)
+        cap_sys_resource = has_capability(CAP_SYS_RESOURCE)
         return {
             "changed": False,
             "criu_bin": criu,
@@ -284,6 +333,8 @@ class CriuAction:
                 "output": log_tail(out, 40),
             },
             "features": features,
+            "tls": tls,
+            "cap_sys_resource": cap_sys_resource,
             "kernel": platform.release(),
             "migration_metrics": {
                 "phase": "environment",
@@ -295,9 +346,23 @@ class CriuAction:
                     "features": features,
                     "hostname": self.runner.host,
                     "machine": platform.machine(),
+                    "tls": tls["ok"],
+                    "cap_sys_resource": cap_sys_resource,
                 },
             },
         }
+
+    def tls_support(self, check_ok: bool) -> dict[str, Any]:
+        """Whether this CRIU takes --tls: `criu check --tls` passes like `criu check` does (a
+        CRIU built without GnuTLS refuses --tls before anything else: "CRIU was built without
+        TLS support")."""
+        rc, out = self.runner.output(["check", "--tls"], 120)
+        if rc == 0:
+            return {"ok": True, "reason": ""}
+        reason = error_message(first_error(out)) or log_tail(out, 1) or f"exit status {rc}"
+        if check_ok:
+            return {"ok": False, "reason": f"criu check --tls: {reason}"}
+        return {"ok": False, "reason": f"criu check fails, so --tls was not judged: {reason}"}
 
     def probe(self) -> dict[str, Any]:
         verdict = probe_lazy_pages_network(
@@ -372,6 +437,7 @@ class CriuAction:
 
 
 def main() -> None:
+    private_umask()  # the experiment's files: 0600 / 0700 (module_utils/private_files.py)
     module = AnsibleModule(
         argument_spec={
             "action": {"type": "str", "required": True, "choices": list(ACTIONS)},
@@ -386,6 +452,10 @@ def main() -> None:
             "lazy_pages": {"type": "bool", "default": False},
             "address": {"type": "str"},
             "port": {"type": "int"},
+            "tls": {"type": "bool", "default": False},
+            "tls_cacert": {"type": "path"},
+            "tls_cert": {"type": "path"},
+            "tls_key": {"type": "path"},
             "tcp_established": {"type": "bool", "default": False},
             "network_lock": {"type": "str", "choices": ["iptables", "nftables", "skip"]},
             "file_locks": {"type": "bool", "default": False},

@@ -57,6 +57,22 @@ options:
   port:
     description: The TCP port of that address.
     type: int
+  tls:
+    description: The page traffic goes over TLS (C(--tls)) - the page server and the post-copy
+      dump serve it (checking the client's certificate against I(tls_cacert) only), the
+      lazy-pages daemon with I(page_server) fetches it (checking that the source's
+      certificate names I(address)).
+    type: bool
+    default: false
+  tls_cacert:
+    description: The CA certificate the peer's certificate must be signed by (PEM).
+    type: path
+  tls_cert:
+    description: This host's certificate (PEM).
+    type: path
+  tls_key:
+    description: This host's private key (PEM).
+    type: path
   prev_images_dir:
     description: Parent images dir, relative to images_dir, for a page server receiving an
       incremental dump.
@@ -221,6 +237,7 @@ from ansible.module_utils.criu_runner import (
     start_lazy_dump,
 )
 from ansible.module_utils.criu_stats import DEFAULT_PAGE_SIZE
+from ansible.module_utils.private_files import private_umask
 from ansible.module_utils.processes import (
     ProcessFiles,
     is_alive,
@@ -403,7 +420,7 @@ class CriuDaemon:
         else:
             summary, problem = self._lazy_dump_summary(text, result, meta, images_dir, log_file)
             data.update(
-                {k: meta[k] for k in ("duration_s", "started_at", "address") if meta.get(k)},
+                {k: meta[k] for k in ("duration_s", "started_at", "address", "cmd") if meta.get(k)},
                 finished_at=meta.get("serving_at"),
                 stats=result["stats"],
                 lazy_network=True,
@@ -445,9 +462,11 @@ class CriuDaemon:
         summary["pages_received"] = summary["bytes_received"] // DEFAULT_PAGE_SIZE
         problem = ""
         if not (finished and summary["session_complete"]):
+            # with --tls, a refused certificate says more than the errors that follow it
+            error = (summary.get("tls") or {}).get("error") or summary["error"]
             problem = (
                 f"criu page-server on {self.host} did not see the dump's session through"
-                f" ({summary['error'] or 'no error logged'}); log: {log_file}"
+                f" ({error or 'no error logged'}); log: {log_file}"
             )
         return summary, problem
 
@@ -496,6 +515,7 @@ class CriuDaemon:
 
 
 def main() -> None:
+    private_umask()  # the experiment's files: 0600 / 0700 (module_utils/private_files.py)
     module = AnsibleModule(
         argument_spec={
             "daemon": {"type": "str", "required": True, "choices": list(ACTION)},
@@ -507,6 +527,10 @@ def main() -> None:
             "pid": {"type": "int"},
             "address": {"type": "str"},
             "port": {"type": "int"},
+            "tls": {"type": "bool", "default": False},
+            "tls_cacert": {"type": "path"},
+            "tls_cert": {"type": "path"},
+            "tls_key": {"type": "path"},
             "prev_images_dir": {"type": "str"},
             "page_server": {"type": "bool", "default": False},
             "tcp_established": {"type": "bool", "default": False},

@@ -8,17 +8,19 @@ DOCUMENTATION = r"""
 module: local_lab
 short_description: Bring the built-in local lab up or down
 description:
-  - A lab host is a set of Linux namespaces (pid, mount, uts, net) on this machine, with its
-    own host name, an init that reaps orphans, a private tmpfs as its disk (C(/run), C(/root),
-    C(/tmp), C(/var/log), C(/var/lib/criu-migration)), a directory shared by all hosts at
-    C(/mnt/criu-shared) (the EFS stand-in), an address on a private bridge, and a real
-    C(sshd) with key authentication.
+  - A lab host is a set of Linux namespaces (pid, mount, uts, net, ipc) on this machine, with
+    its own host name, an init that reaps orphans, a private tmpfs as its disk (C(/run),
+    C(/root), C(/tmp), C(/var/log), C(/var/lib/criu-migration)) and as its POSIX shared
+    memory (C(/dev/shm)), its own SysV IPC (the ipc namespace), a directory shared by all
+    hosts at C(/mnt/criu-shared) (the EFS stand-in), an address on a private bridge, and a
+    real C(sshd) with key authentication.
   - Hosts come in pairs, C(source) and C(destination) (or C(source-N) / C(destination-N)
     for several pairs). Source hosts allocate PIDs from a high value so that a restored
     process's PID is free on its destination.
   - Idempotent. C(present) keeps healthy hosts, replaces broken ones (after a crash or a
-    killed run) and removes hosts beyond I(pairs). C(absent) leaves no process, mount,
-    link or namespace behind.
+    killed run) and outdated ones (made by an older suite, without a namespace or a private
+    mount a host has now - C(outdated) says what each lacked), and removes hosts beyond
+    I(pairs). C(absent) leaves no process, mount, link or namespace behind.
 options:
   state:
     description: C(present) to bring the lab up, C(absent) to tear it down.
@@ -92,6 +94,11 @@ created:
   type: list
   elements: str
   sample: [source, destination]
+outdated:
+  description: Hosts replaced because they lacked what a host has now, and what they lacked.
+  returned: state=present
+  type: dict
+  sample: {source: [no ipc namespace of its own, /dev/shm is this machine's]}
 removed:
   description: Hosts removed by this call.
   returned: always
@@ -117,10 +124,13 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.lab_base import GONE_TIMEOUT_S, LabBase, LabError, ssh_banner
 from ansible.module_utils.lab_layout import (
     DEFAULT_PREFIX,
+    HOST_NAMESPACES,
     INIT_MARKER,
+    NS_FILES,
     PRIVATE_MOUNTS,
     SHARED_MOUNT,
     SOURCE_FIRST_PID,
+    STICKY_MOUNTS,
     LabHost,
     host_mac,
     is_lab_link,
@@ -150,9 +160,37 @@ while True:
 """
 
 
+def isolation_problems(init_pid: int, proc: str = "/proc") -> list[str]:
+    """What a running host lacks that a host made now has - a namespace of its own
+    (HOST_NAMESPACES) and its private mounts (PRIVATE_MOUNTS): a host made by an older suite
+    (before the ipc namespace and /dev/shm) is replaced on lab-up, like a broken one."""
+    problems = []
+    for ns in HOST_NAMESPACES:
+        name = NS_FILES[ns]
+        try:
+            shared = os.readlink(f"{proc}/{init_pid}/ns/{name}") == os.readlink(
+                f"{proc}/self/ns/{name}"
+            )
+        except OSError:
+            return [f"its init {init_pid} is gone"]
+        if shared:
+            problems.append(f"no {ns} namespace of its own")
+    for mount_point in PRIVATE_MOUNTS:
+        try:
+            shared = (
+                os.stat(f"{proc}/{init_pid}/root{mount_point}").st_dev
+                == os.stat(mount_point).st_dev
+            )
+        except OSError:
+            shared = True
+        if shared:
+            problems.append(f"{mount_point} is this machine's")
+    return problems
+
+
 class Lab(LabBase):
     def __init__(self, module: AnsibleModule) -> None:
-        super().__init__(module, ("unshare", "nsenter", "sshd", "mount"))
+        super().__init__(module, ("unshare", "nsenter", "sshd", "mount", "umount"))
         self.shared = self.dir / "shared"
 
     def in_host(
@@ -201,11 +239,15 @@ class Lab(LabBase):
         pid = int(info.get("init_pid", 0))
         return pid if pid and pid in self.stray_inits() else None
 
-    def healthy(self, host: LabHost, state: dict[str, Any]) -> bool:
+    def healthy(self, host: LabHost, state: dict[str, Any], outdated: dict[str, list[str]]) -> bool:
         init_pid = self.host_init(host.name, state)
         if init_pid is None or state["hosts"][host.name].get("address") != host.address:
             return False
         if not self.link_exists(host.link):
+            return False
+        problems = isolation_problems(init_pid)
+        if problems:
+            outdated[host.name] = problems
             return False
         return ssh_banner(host.address, timeout=2.0)
 
@@ -228,8 +270,8 @@ class Lab(LabBase):
     def create_host(self, host: LabHost, disk_size: str) -> dict[str, Any]:
         unshare_pid = start_detached(
             [
-                self.bins["unshare"], "--pid", "--mount", "--uts", "--net", "--fork", "--mount-proc",
-                "--propagation", "private",
+                self.bins["unshare"], *(f"--{ns}" for ns in HOST_NAMESPACES), "--fork",
+                "--mount-proc", "--propagation", "private",
                 "/usr/bin/python3", "-c", REAPER, INIT_MARKER, str(self.dir), host.name, "init",
             ],
         )  # fmt: skip
@@ -239,9 +281,15 @@ class Lab(LabBase):
         for mount_point in (*PRIVATE_MOUNTS, SHARED_MOUNT):
             Path(mount_point).mkdir(parents=True, exist_ok=True)
         for mount_point in PRIVATE_MOUNTS:
-            options = "mode=1777" if mount_point == "/tmp" else "mode=0755"
+            options = "mode=1777" if mount_point in STICKY_MOUNTS else "mode=0755"
             if mount_point == "/var/lib/criu-migration":
                 options += f",size={disk_size}"
+            # what the machine has mounted there (its /dev/shm, possibly twice) leaves the
+            # host's view (propagation is private): the host's own tmpfs is the only mount
+            umount = [self.bins["umount"], "--lazy", mount_point]
+            for _ in range(8):
+                if self.in_host(init_pid, umount, check=False).returncode:
+                    break
             self.in_host(
                 init_pid, [self.bins["mount"], "-t", "tmpfs", "-o", options, "tmpfs", mount_point]
             )
@@ -343,6 +391,7 @@ class Lab(LabBase):
         state = self.load_state()
         created: list[str] = []
         removed: list[str] = []
+        outdated: dict[str, list[str]] = {}
         wanted = {host.name for host in hosts}
         self.ensure_keys(hosts)
         bridge_created = self.ensure_bridge()
@@ -351,7 +400,7 @@ class Lab(LabBase):
                 self.destroy_host(name, state["hosts"].get(name, {}).get("index"), state)
                 removed.append(name)
         for host in hosts:
-            if self.healthy(host, state):
+            if self.healthy(host, state, outdated):
                 continue
             self.destroy_host(host.name, host.index, state)
             state["hosts"][host.name] = self.create_host(host, disk_size)
@@ -364,6 +413,7 @@ class Lab(LabBase):
             "changed": bool(created or removed or bridge_created),
             "created": created,
             "removed": removed,
+            "outdated": outdated,
             "hosts": [
                 {
                     "name": host.name,

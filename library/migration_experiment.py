@@ -159,8 +159,10 @@ def main() -> None:
     for pair in params["pairs"]:
         folder = f"{folder_base}_{pair['source']}" if several else folder_base
         results_dir = unique_dir(root, folder)
+        # root only: source/ and dest/ get CRIU's image files and the workload's files
+        results_dir.mkdir(mode=0o700)
         for side in ("source", "dest"):
-            (results_dir / side).mkdir(parents=True)
+            (results_dir / side).mkdir(mode=0o700)
         planned = {
             **pair,
             "results_dir": str(results_dir),
@@ -172,7 +174,7 @@ def main() -> None:
                 str(pair.get("efs_mount_path") or ""),
             ),
         }
-        planned["transfer"] = transfer_link(planned, params["settings"])
+        planned["transfer"] = transfer_link(planned, params["settings"], experiment_id)
         pairs.append(planned)
     settings = params["settings"]
     experiment = {
@@ -193,6 +195,8 @@ def main() -> None:
             "predump_interval": settings.get("predump_interval"),
             "predump_mode": settings.get("predump_mode"),
             "lazy_pages_mode": settings.get("lazy_pages_mode"),
+            "page_server_tls": settings.get("page_server_tls", False),
+            "keep_images": settings.get("keep_images", False),
         },
         "transfer": {
             "method": settings.get("transfer"),

@@ -14,6 +14,8 @@ description:
     and the protocol files of the workload's I(working_dir) (C(progress.log),
     C(workload_error.log)).
   - Missing folders and files are skipped, never an error - collection runs after failures too.
+  - Every member is stored readable by its owner only - files 0600, their folders 0700 -
+    whatever its mode on the host, so the results keep the images as private as the hosts do.
 options:
   checkpoint_dir:
     description: The experiment's checkpoint folder on this host.
@@ -75,9 +77,18 @@ bytes:
 """
 
 import tarfile
+import time
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.private_files import DIR_MODE, FILE_MODE, private_umask
+
+
+def private_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A member readable by its owner only once unpacked (the images hold the workload's
+    memory, the working files what it wrote)."""
+    info.mode = DIR_MODE if info.isdir() else FILE_MODE
+    return info
 
 
 def is_page_image(path: Path) -> bool:
@@ -85,6 +96,7 @@ def is_page_image(path: Path) -> bool:
 
 
 def main() -> None:
+    private_umask()  # the experiment's files: 0600 / 0700 (module_utils/private_files.py)
     module = AnsibleModule(
         argument_spec={
             "checkpoint_dir": {"type": "path", "required": True},
@@ -129,8 +141,18 @@ def main() -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     total = 0
     with tarfile.open(dest, "w:gz", compresslevel=1) as tar:
+        # root only wherever it is unpacked (module_utils/private_files.py): every folder a
+        # member lies in as 0700, before its files, and every file 0600
+        folders: set[str] = set()
+        for _path, arcname in members:
+            for parent in reversed(Path(arcname).parents[:-1]):
+                if str(parent) not in folders:
+                    folders.add(str(parent))
+                    info = tarfile.TarInfo(str(parent))
+                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, DIR_MODE, int(time.time())
+                    tar.addfile(info)
         for path, arcname in members:
-            tar.add(path, arcname=arcname, recursive=False)
+            tar.add(path, arcname=arcname, recursive=False, filter=private_member)
             total += path.stat().st_size
     module.exit_json(
         changed=True, dest=str(dest), files=[arcname for _, arcname in members], bytes=total

@@ -360,6 +360,7 @@ import time
 from collections.abc import Sequence
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.private_files import private_umask
 from ansible.module_utils.proc_status import describe_tracers, process_tree, tracers
 from ansible.module_utils.processes import (
     is_alive,
@@ -778,6 +779,7 @@ def _lost(stats: CaptureStats, state: dict[str, str]) -> str:
 
 
 def main() -> None:
+    private_umask()  # the experiment's files: 0600 / 0700 (module_utils/private_files.py)
     module = AnsibleModule(
         argument_spec={
             "state": {

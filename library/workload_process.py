@@ -104,6 +104,13 @@ started_at:
   returned: state=started
   type: float
   sample: 1764150000.0
+non_root:
+  description: With state=ready, the processes of the workload's tree that do not run as
+    root (pid, name, real / effective / saved uid) - criu dump needs CAP_SYS_RESOURCE for them.
+  returned: state=ready, and state=started with wait_ready
+  type: list
+  elements: dict
+  sample: [{pid: 16031, name: postgres, uids: [105, 105, 105]}]
 cmdline:
   description: The process's command line, when it runs.
   returned: when running
@@ -117,13 +124,14 @@ migration_metrics:
   sample: {phase: workload_start, data: {pid: 16020, ready_s: 0.41}}
 """
 
-import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.private_files import private_umask
+from ansible.module_utils.proc_status import non_root_processes
 from ansible.module_utils.processes import (
     BASE_ENV,
     cmdline,
@@ -211,6 +219,8 @@ class WorkloadProcess:
                     "running": True,
                     "ready_s": round(time.time() - started_at, 3),
                     "cmdline": cmdline(pid),
+                    # CRIU needs CAP_SYS_RESOURCE to dump these (roles/workload_start)
+                    "non_root": non_root_processes(pid),
                 }
             if not is_alive(pid):
                 rc = reap(pid)  # our child's exit status (None: another parent's process)
@@ -268,6 +278,7 @@ class WorkloadProcess:
 
 
 def main() -> None:
+    private_umask()  # the experiment's files: 0600 / 0700 (module_utils/private_files.py)
     module = AnsibleModule(
         argument_spec={
             "state": {
@@ -313,5 +324,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.umask(0o022)
     main()

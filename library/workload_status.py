@@ -150,6 +150,7 @@ import os
 import socket
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.private_files import private_umask
 from ansible.module_utils.proc_status import format_snapshot, snapshot_tree
 
 
@@ -178,6 +179,7 @@ class WorkloadStatus:
 
 
 def main() -> None:
+    private_umask()  # the experiment's files: 0600 / 0700 (module_utils/private_files.py)
     module = AnsibleModule(
         argument_spec={
             "pid": {"type": "int", "required": True},

@@ -109,6 +109,20 @@ def _talks_tcp(action: str, opts: dict[str, Any]) -> bool:
     )
 
 
+def _talks_tls(action: str, opts: dict[str, Any]) -> bool:
+    """Whether the call's page traffic goes over TLS (CRIU's --tls: tls=true on a TCP call)."""
+    return bool(opts.get("tls")) and _talks_tcp(action, opts)
+
+
+def _serves_tls(action: str, opts: dict[str, Any]) -> bool:
+    """A TLS call that serves pages (page-server; a network post-copy dump). CRIU checks the
+    peer's certificate against --address on both ends, which on the serving end is its own
+    address: the client's certificate is checked against the experiment's CA only there
+    (--tls-no-cn-verify), the server's name on the client (docs/lab.md, TLS)."""
+    serving = action == "page-server" or (action == "dump" and bool(opts.get("lazy_pages")))
+    return serving and _talks_tls(action, opts)
+
+
 _IMAGE_ACTIONS = ("dump", "pre-dump", "restore", "page-server", "lazy-pages")
 _TREE_ACTIONS = ("dump", "pre-dump", "restore")
 
@@ -129,6 +143,19 @@ ARGV_FORMAT: tuple[OptionFormat, ...] = (
     OptionFormat("lazy_pages", "--lazy-pages", ("dump", "restore", "page-server"), switch=True),
     OptionFormat("address", "--address", _IMAGE_ACTIONS, when=_talks_tcp),
     OptionFormat("port", "--port", _IMAGE_ACTIONS, when=_talks_tcp),
+    # page traffic over TLS, with the experiment's CA and this host's certificate and key
+    OptionFormat("tls", "--tls", _IMAGE_ACTIONS, switch=True, when=_talks_tls),
+    OptionFormat("tls_cacert", "--tls-cacert", _IMAGE_ACTIONS, when=_talks_tls),
+    OptionFormat("tls_cert", "--tls-cert", _IMAGE_ACTIONS, when=_talks_tls),
+    OptionFormat("tls_key", "--tls-key", _IMAGE_ACTIONS, when=_talks_tls),
+    OptionFormat(
+        "tls_no_cn_verify",
+        "--tls-no-cn-verify",
+        _IMAGE_ACTIONS,
+        switch=True,
+        default=True,
+        when=_serves_tls,
+    ),
     OptionFormat("restore_detached", "--restore-detached", ("restore",), switch=True, default=True),
     OptionFormat("daemon", "--daemon", ("page-server", "lazy-pages"), switch=True, default=True),
     OptionFormat("pidfile", "--pidfile", ("restore", "page-server", "lazy-pages")),
@@ -142,6 +169,8 @@ ARGV_FORMAT: tuple[OptionFormat, ...] = (
 )
 # Options a call cannot do without.
 _REQUIRED = {"images_dir": _IMAGE_ACTIONS, "pid": ("dump", "pre-dump")}
+# What a TLS call needs besides tls=true: the experiment's CA, this host's certificate, its key.
+TLS_FILES = ("tls_cacert", "tls_cert", "tls_key")
 
 
 def build_criu_argv(criu_bin: str, action: str, opts: dict[str, Any]) -> list[str]:
@@ -161,6 +190,10 @@ def build_criu_argv(criu_bin: str, action: str, opts: dict[str, Any]) -> list[st
         if action in actions and not opts.get(option):
             what = "the pid of the process tree" if option == "pid" else option
             raise ValueError(f"criu {action} needs {what}")
+    missing_tls = [name for name in TLS_FILES if not opts.get(name)]
+    if _talks_tls(action, opts) and missing_tls:
+        # without them CRIU would trust the system's CAs and read /etc/pki/criu
+        raise ValueError(f"criu {action} with tls needs {', '.join(missing_tls)}")
     for fmt in ARGV_FORMAT:
         if action not in fmt.actions or (fmt.when is not None and not fmt.when(action, opts)):
             continue
@@ -241,6 +274,39 @@ def summarize_lazy_pages_log(text: str) -> dict[str, Any]:
     return summary
 
 
+# criu/tls.c: what a TLS peer logs once the handshake is through, and the errors that mean
+# the other end's certificate (or this end's own files) were refused. After a good handshake
+# "Failed receiving data" only says the peer went away.
+TLS_HANDSHAKE_DONE = "tls: TLS handshake completed"
+_TLS_REFUSALS = (
+    "NOT trusted",
+    "Invalid certificate",
+    "Unable to verify TLS peer",
+    "TLS handshake failed",
+    "Failed to set certificate/private key pair",
+    "No trusted CA certificates added",
+    "Failed to load default trusted CAs",
+    "Can't read certificate revocation list",
+)
+
+
+def tls_log_verdict(text: str) -> dict[str, Any]:
+    """What a CRIU log says about its TLS session: handshake done, and why it refused the
+    peer (or its own files) - CRIU's words, its most telling line first ("The certificate is
+    NOT trusted. The certificate issuer is unknown." over "Invalid certificate")."""
+    refusals = [
+        error_message(line)
+        for line in (text or "").splitlines()
+        if "Error" in line and any(needle in line for needle in _TLS_REFUSALS)
+    ]
+    refusals.sort(key=lambda line: "NOT trusted" not in line)
+    return {
+        "handshake": TLS_HANDSHAKE_DONE in (text or ""),
+        "refused": bool(refusals),
+        "error": refusals[0].removeprefix("tls: ").strip() if refusals else "",
+    }
+
+
 def summarize_page_server_log(text: str) -> dict[str, Any]:
     """What a `criu page-server` daemon's log says: was the dump's session complete, and how long.
 
@@ -249,7 +315,7 @@ def summarize_page_server_log(text: str) -> dict[str, Any]:
     accepted = _stamp_of(text, "Accepted connection from")
     over = _stamp_of(text, "page-xfer: Session over")
     stamps = log_timestamps(text)
-    return {
+    summary = {
         "connected": accepted is not None,
         "session_complete": over is not None,
         "session_s": round(over - accepted, 6)
@@ -258,6 +324,9 @@ def summarize_page_server_log(text: str) -> dict[str, Any]:
         "lifetime_s": stamps[-1] if stamps else None,
         "error": error_message(first_error(text)),
     }
+    if "tls: " in (text or ""):  # --tls: the handshake, and why a certificate was refused
+        summary["tls"] = tls_log_verdict(text)
+    return summary
 
 
 def summarize_lazy_dump_log(text: str) -> dict[str, Any]:

@@ -242,6 +242,7 @@ def daemon_meta(
         "started_at": call.started_at,
         "serving_at": call.finished_at,
         "duration_s": call.duration_s,
+        "cmd": call.argv,  # the post-copy dump's record is completed when it is stopped
         "log_file": call.log_file,
         "images_dir": opts.get("images_dir"),
         "address": opts.get("address"),

@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from link_profiles import NO_PROFILE as NO_LINK_PROFILE
+from link_profiles import profile_names as link_profile_names
+from migration_trigger import NOTICE_PROVIDERS, TRIGGERS, plan_trigger
 from predump_policy import MODES as PREDUMP_MODES
-from transfer_backends import COMPRESSIONS, METHODS, METHODS_NOT_YET
+from transfer_backends import COMPRESSIONS, METHODS, METHODS_NOT_YET, cloud_transfer_errors
 from workload_registry import Param, Workload, coerce, param_errors, resolve_params
 
 CHECKPOINT_STRATEGIES = ("predump", "full")
@@ -29,7 +32,9 @@ CRITICAL_PATHS = ("fused", "stepwise")
 LAZY_PAGES_MODES = ("images", "network")
 # restore_pid_busy: the restore fails; transfer_interrupt: the transfer's SSH link dies
 # midway; corrupt_image: a page image is altered on the destination after the transfer.
-FAULTS = ("none", "restore_pid_busy", "transfer_interrupt", "corrupt_image")
+# transfer=s3: transfer_interrupt kills the uploader midway; ebs_attach_fail: the volume is
+# attached to the destination in the API but no device appears there (the lab's attach).
+FAULTS = ("none", "restore_pid_busy", "transfer_interrupt", "corrupt_image", "ebs_attach_fail")
 SSH_CIPHERS = (
     "chacha20-poly1305@openssh.com",
     "aes128-gcm@openssh.com",
@@ -89,7 +94,9 @@ SETTINGS: dict[str, Param] = {
         setting("predump_deadline_s", "float",
                 "adaptive: stop when another iteration would not leave time for the final "
                 "dump, its transfer and the restore within this budget on the deadline clock "
-                "(0: deadline_s when set, else no deadline rule)", min=0.0, unit="s"),
+                "(0: with trigger=notice the notice's own length - AWS 120 s, GCP / Azure 30 s "
+                "- on a clock started when it was issued; else deadline_s when set, else no "
+                "deadline rule)", min=0.0, unit="s"),
         setting("predump_final_reserve_s", "float",
                 "adaptive: time kept for the restore and orchestration when the deadline rule "
                 "prices the final phase", min=0.0, unit="s"),
@@ -105,11 +112,18 @@ SETTINGS: dict[str, Param] = {
                 "the dump streams its pages over TCP to criu page-server on the destination; "
                 "only the small image files go through the transfer"),
         setting("page_server_port", "int", "TCP port of the page server", min=1, max=65535),
+        setting("page_server_tls", "bool",
+                "CRIU's page traffic (page_server, lazy_pages_mode=network) over TLS (criu "
+                "--tls): a CA and a certificate per host made for the experiment on the control "
+                "node, tried by a TLS handshake between the hosts before the workload starts, "
+                "removed at the end (aws: on; a network you do not own)"),
         setting("transfer", "str",
                 "rsync: source -> destination over SSH; efs: the dump writes the images onto "
                 "the filesystem both hosts mount at efs_mount_path (lab: /mnt/criu-shared) and "
                 "the destination restores them from there, only the working directory is "
-                "copied through it (docs/transfer.md)", choices=METHODS),
+                "copied through it; s3: uploaded to s3_bucket by the source, downloaded by the "
+                "destination; ebs: dumped onto the pair's EBS volume (ebs_volume_id), which the "
+                "control node moves to the destination (docs/transfer.md)", choices=METHODS),
         setting("transfer_cipher", "str", "SSH cipher of the transfer", choices=SSH_CIPHERS),
         setting("transfer_compress", "str",
                 "zstd: a tar | zstd -T0 -<level> | ssh | zstd -d | tar -x stream instead of "
@@ -121,6 +135,33 @@ SETTINGS: dict[str, Param] = {
                 "destination before the restore: a mismatch fails the run naming the file, and "
                 "the workload is restored on the source; not applicable to efs or to page "
                 "images sent to a page server (the result says so)"),
+        # transfer=s3 / ebs (module_utils/transfer_backends.py, docs/transfer.md)
+        setting("s3_bucket", "str",
+                "transfer=s3: the bucket (default: the environment's AWS_S3_BUCKET; Terraform's "
+                "inventories and the labs set it)"),
+        setting("s3_prefix", "str",
+                "transfer=s3: key prefix; objects go under <s3_prefix>/<experiment id>/<source "
+                "host>/ and are deleted after the run unless keep_images",
+                pattern=r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*"),
+        setting("s3_endpoint_url", "str",
+                "transfer=s3: an S3-compatible endpoint (empty: AWS's own; the labs: their moto "
+                "server)", pattern=r"|https?://[^\s/]+(/\S*)?"),
+        setting("s3_part_size_mb", "int",
+                "transfer=s3: multipart part size, MiB (also the single-request threshold); "
+                "8 is the AWS CLI's and boto3's default", min=5, max=5120, unit="MiB"),
+        setting("s3_max_concurrency", "int",
+                "transfer=s3: concurrent requests per side (parts and files); 10 is the AWS "
+                "CLI's and boto3's default", min=1, max=100),
+        setting("ec2_endpoint_url", "str",
+                "transfer=ebs: an EC2-compatible endpoint for the attach and detach calls "
+                "(empty: AWS's own; the namespaces lab: its moto server)",
+                pattern=r"|https?://[^\s/]+(/\S*)?"),
+        setting("ebs_mount_path", "str",
+                "transfer=ebs: where the volume is mounted on the host that holds it",
+                pattern=r"/[^\s]*"),
+        setting("ebs_timeout_s", "float",
+                "transfer=ebs: how long each detach, attach and the device's appearance on the "
+                "host may take", min=1.0, unit="s"),
         setting("keep_images", "bool", "keep images on the hosts and page images in the results"),
         setting("keep_running", "bool", "leave the restored workload running (a real migration)"),
         setting("post_restore_capture_s", "float",
@@ -131,13 +172,53 @@ SETTINGS: dict[str, Param] = {
         setting("deadline_s", "float",
                 "a deadline of your own, judged beside AWS 120 s / GCP 30 s / Azure 30 s",
                 min=0.0, unit="s"),
+        # When to migrate (module_utils/migration_trigger.py, roles/migration_trigger).
+        setting("trigger", "str",
+                "ready: migrate as soon as the workload is ready and the migrate_* conditions "
+                "hold; notice: start the workload, watch the cloud's interruption notice "
+                "(notice_provider, notice_endpoint) and migrate when it comes - the deadline "
+                "clock then starts when the provider issued it", choices=TRIGGERS),
+        setting("migrate_after_s", "float",
+                "trigger=ready: seconds the workload runs after it is ready before the "
+                "checkpoint starts (0: at once)", min=0.0, unit="s"),
+        setting("migrate_after_lines", "int",
+                "trigger=ready: progress.log lines the workload must have written first (0: off)",
+                min=0),
+        setting("migrate_at_rss_mb", "int",
+                "trigger=ready: anonymous memory (RssAnon of its process tree) the workload must "
+                "have reached first (0: off)", min=0, unit="MB"),
+        setting("notice_provider", "str",
+                "trigger=notice: whose notice - auto: from the inventory (hosts in group aws or "
+                "aws_* -> aws, gcp* -> gcp, azure* -> azure), refused when it names none",
+                choices=NOTICE_PROVIDERS),
+        setting("notice_endpoint", "str",
+                "trigger=notice: base URL of the metadata service (auto: the provider's own, "
+                "http://169.254.169.254 or http://metadata.google.internal; the labs point it "
+                "at scripts/fake_metadata.py)"),
+        setting("notice_poll_s", "float",
+                "trigger=notice: seconds between two polls of the metadata service (GCP holds "
+                "each request open until the value changes)", min=0.05, max=60.0, unit="s"),
+        setting("notice_timeout_s", "float",
+                "trigger=notice: how long to wait for the notice; then the run fails and the "
+                "workload keeps running on the source", min=1.0, unit="s"),
+        setting("notice_rebalance", "bool",
+                "trigger=notice, AWS: the rebalance recommendation triggers too (an earlier "
+                "signal; the budget is the 120 s of the notice that may follow)"),
+        # The local lab's link shaped like a cloud link (config/link_profiles.yaml, roles/lab_link).
+        setting("lab_link_profile", "str",
+                "local lab only: shape the pair's link like a cloud link - RTT, jitter, rate, "
+                "per-flow rate (config/link_profiles.yaml, docs/links.md) - from the node checks "
+                "to the end of the run; the inventories/lab_<profile>/ inventories set it; none: "
+                "the lab's bare link", choices=link_profile_names()),
         # Failure-path experiments: make a phase fail for real (see library/fault_inject.py).
         setting("inject_fault", "str",
                 "make a phase fail for real (tests the rollback): restore_pid_busy (the "
                 "workload's PID is taken on the destination), transfer_interrupt (the "
-                "transfer's SSH connection is killed midway), corrupt_image (a byte of a page "
-                "image flips on the destination after the transfer: transfer_verify catches "
-                "it)", choices=FAULTS),
+                "transfer's SSH connection is killed midway; transfer=s3: the uploader is "
+                "killed midway), corrupt_image (a byte of a page image flips on the destination "
+                "after the transfer: transfer_verify catches it), ebs_attach_fail (the lab's "
+                "volume is attached to the destination but no device appears there)",
+                choices=FAULTS),
     )
 }  # fmt: skip
 
@@ -190,6 +271,13 @@ def migration_flags(settings: Mapping[str, Any], workload: Workload | None) -> d
         "tcp_established": bool(criu.get("tcp_established")),
         "file_locks": bool(criu.get("file_locks")),
         "fused": settings.get("critical_path") == "fused",
+        # CRIU's page traffic crosses the network over TLS (page_server_tls, when CRIU
+        # talks TCP at all: the page server, or network post-copy)
+        "tls": bool(settings.get("page_server_tls"))
+        and (
+            bool(settings.get("page_server"))
+            or (bool(settings.get("lazy_pages")) and settings.get("lazy_pages_mode") == "network")
+        ),
     }
 
 
@@ -271,6 +359,10 @@ def plan_pairs(
         pair["destination_user"] = str(host_var(pair["destination"], "ansible_user") or "root")
         # transfer=efs: where the shared filesystem is mounted (transfer_errors checks it)
         pair["efs_mount_path"] = str(host_var(pair["source"], "efs_mount_path") or "")
+        # transfer=ebs: the pair's volume (a host var of the source) and both instances
+        pair["ebs_volume_id"] = str(host_var(pair["source"], "ebs_volume_id") or "")
+        for side in ("source", "destination"):
+            pair[f"{side}_instance_id"] = str(host_var(pair[side], "instance_id") or "")
         # the SSH trust the source's transfers use to reach the destination
         for key, name in (
             ("ssh_key", "migration_ssh_key"),
@@ -295,7 +387,11 @@ def plan_settings(
     for name, spec in SETTINGS.items():
         value = variables.get(name)
         if value is None or value == "":
-            value = defaults.get(name)
+            fallback = defaults.get(name)
+            # a default Ansible computes itself ("{{ lookup('env', ...) }}") had its say
+            # already: what it gave (or nothing) stays empty
+            templated = isinstance(fallback, str) and "{{" in fallback
+            value = "" if templated else fallback
         if value is None:
             errors.append(
                 f"{name} has no value: group_vars/all.yml gives every setting its default "
@@ -389,8 +485,30 @@ def plan_experiment(
     plan.pairs, errors = plan_pairs(groups, host_var)
     plan.errors.extend(errors)
     plan.errors.extend(transfer_errors(plan.settings, plan.pairs, host_var))
+    plan.errors.extend(link_profile_errors(plan.settings, plan.pairs, groups))
+    # resolves notice_provider=auto and notice_endpoint=auto in plan.settings
+    plan.errors.extend(plan_trigger(plan.settings, groups, plan.workload_params))
     plan.flags = migration_flags(plan.settings, registry.get(workload_name))
     return plan
+
+
+def link_profile_errors(
+    settings: Mapping[str, Any], pairs: list[dict[str, str]], groups: Mapping[str, list[str]]
+) -> list[str]:
+    """A link profile shapes the local lab's links only: every pair host must be a lab host
+    (group `lab`); library/lab_link.py checks it again on the machine."""
+    profile = settings.get("lab_link_profile")
+    if profile in (None, NO_LINK_PROFILE):
+        return []
+    lab = set(groups.get("lab") or [])
+    outside = sorted({pair[side] for pair in pairs for side in ("source", "destination")} - lab)
+    if not outside:
+        return []
+    return [
+        f"lab_link_profile={profile} shapes the links of the local lab (hosts in group lab) and "
+        f"never a real network; {', '.join(outside)} are not lab hosts: use lab_link_profile=none "
+        "(a cloud inventory's network is the real one)"
+    ]
 
 
 def transfer_errors(
@@ -446,7 +564,19 @@ def transfer_errors(
             "inject_fault=corrupt_image with page_server=true would alter the only copy of the "
             "page images (the page server wrote them on the destination)"
         )
+    errors.extend(cloud_transfer_errors(settings, pairs, host_var))
     return errors
+
+
+def non_root_processes(criu_needs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(process, user) of each process a workload declares it runs as another user than
+    root (`criu.runs_as` of its declaration: {process name: user name or uid})."""
+    runs_as = criu_needs.get("runs_as") or {}
+    return [
+        (str(process), str(user))
+        for process, user in sorted(runs_as.items())
+        if str(user) not in ("root", "0")
+    ]
 
 
 def _feature_error(host: str, kernel: str, wants: str, feature: str, advice: str) -> str:
@@ -509,7 +639,29 @@ def gating_errors(
                 "use lazy_pages_mode=images",
             )
         )  # fmt: skip
+    tls_used = bool(settings.get("page_server_tls")) and (
+        bool(settings.get("page_server")) or network_lazy
+    )
+    if tls_used and not facts.get("tls"):
+        errors.append(
+            _feature_error(
+                host, kernel, "page_server_tls=true (the page traffic over TLS)",
+                "a CRIU built with TLS support (GnuTLS)",
+                f"{facts.get('tls_reason') or 'not probed'}; install a CRIU linked with "
+                "GnuTLS (make setup builds one), or set page_server_tls=false and the pages "
+                "cross the network unencrypted",
+            )
+        )  # fmt: skip
     criu_needs = workload.get("criu") or {}
+    if role == "source" and not facts.get("cap_sys_resource"):
+        errors.extend(
+            f"workload {workload.get('name')} runs {process} as {user} (criu.runs_as), and "
+            f"criu dump reads the rlimits of every process it dumps, which for a process of "
+            f"another user needs CAP_SYS_RESOURCE: root on {host} lacks it (the dump would "
+            f'fail with "Can\'t get rlimit 0: Operation not permitted"); run {process} as '
+            f"root, or migrate from hosts whose root has CAP_SYS_RESOURCE (docs/lab.md)"
+            for process, user in non_root_processes(criu_needs)
+        )
     if criu_needs.get("tcp_established") and not facts.get("network_lock"):
         errors.append(
             _feature_error(

@@ -13,8 +13,16 @@ from dataclasses import dataclass
 # and the bridge <prefix>0, so two labs with different prefixes can coexist (tests).
 DEFAULT_PREFIX = "crlab"
 DEFAULT_SUBNET = "10.77.0.0/24"
-# Mount points inside each host. The private ones are tmpfs: the host's own "disk".
-PRIVATE_MOUNTS = ("/run", "/root", "/tmp", "/var/log", "/var/lib/criu-migration")
+# Mount points inside each host. The private ones are tmpfs: the host's own "disk", and its
+# own POSIX shared memory (/dev/shm), as on a machine of its own.
+PRIVATE_MOUNTS = ("/run", "/root", "/tmp", "/var/log", "/var/lib/criu-migration", "/dev/shm")
+# Everyone may create files there (mode 1777, as on any machine).
+STICKY_MOUNTS = ("/tmp", "/dev/shm")
+# Each host's own namespaces (unshare's options; /proc/<pid>/ns/ names in NS_FILES): its
+# processes, mounts, name, network, and SysV IPC (shared memory, semaphores, message queues)
+# - with the host's /dev/shm, a workload's shared memory is the host's, not the machine's.
+HOST_NAMESPACES = ("pid", "mount", "uts", "net", "ipc")
+NS_FILES = {"pid": "pid", "mount": "mnt", "uts": "uts", "net": "net", "ipc": "ipc"}
 SHARED_MOUNT = "/mnt/criu-shared"
 # Source hosts allocate PIDs from here up (pid_max is 32768 on this machine kind), so a
 # workload's PID is free on its destination, whose own PIDs stay low.

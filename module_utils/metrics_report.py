@@ -28,6 +28,8 @@ ROLE_PHASES = {
     "node_checks": "node_checks",
     "workload_deploy": "deploy",
     "workload_start": "workload_start",
+    "migration_trigger": "trigger",
+    "notice_ack": "notice_ack",
     "checkpoint_predump": "predump",
     "checkpoint_dump": "final_dump",
     "checkpoint_transfer": "transfer",
@@ -39,6 +41,7 @@ ROLE_PHASES = {
     "results_collect": "collect",
     "workload_finish": "finish",
     "migration_cleanup": "cleanup",
+    "lab_link": "link",
 }
 
 MB = 1_000_000.0
@@ -295,7 +298,9 @@ def migration_window(
     ]
     starts = [s for s in starts if s]
     start = notice_at if notice_at else (min(starts) if starts else None)
-    end = on_source_clock(pair.last("restore"), "finished_at", offsets or {})
+    # a restore that failed (the fused call records it) restored nothing: the clock runs on
+    restores = [r for r in pair.phases.get("restore", []) if not r.get("failed")]
+    end = on_source_clock(restores[-1], "finished_at", offsets or {}) if restores else None
     return start, end
 
 
@@ -720,7 +725,8 @@ def build_metrics(
     offsets = clock_offsets(pair)
     critical_path = critical_path_figures(pair, offsets)
     downtime = critical_path["downtime_s"]
-    notice_at = experiment.get("notice_at")
+    # a spot notice that triggered the migration (trigger=notice) starts the deadline clock
+    notice_at = pair.last("notice").get("notice_at") or experiment.get("notice_at")
     window_start, window_end = migration_window(pair, notice_at, offsets)
     migration_s = round(window_end - window_start, 6) if window_start and window_end else None
     verification = {k: v for k, v in pair.last("verification").items() if k != "host"}
@@ -732,6 +738,13 @@ def build_metrics(
         if data.get("host") == host
     }
     environment["control"] = experiment.get("control", {})
+    # the lab link's shaping (lab_link_profile; library/lab_link.py): the profile in force,
+    # what of it was applied and how, and what its removal after the run found
+    if pair.phases.get("link"):
+        environment["link"] = {k: v for k, v in pair.last("link").items() if k != "host"}
+        if pair.phases.get("link_removed"):
+            removed = pair.last("link_removed")
+            environment["link"]["removed"] = {k: v for k, v in removed.items() if k != "host"}
     start = pair.last("workload_start")
     metrics: dict[str, Any] = {
         "status": pair.status,
@@ -779,6 +792,9 @@ def build_metrics(
         ("capture", "capture"),
         ("status", "status_snapshots"),
         ("rollback", "rollback"),
+        # transfer=s3 / ebs around the transfer: the volume's attach, mounts, unmounts and
+        # detach (each call and wait timed), the bucket's cleanup
+        ("transfer_storage", "transfer_storage"),
         ("warnings", "warnings"),
     ):
         if pair.phases.get(phase):
@@ -788,6 +804,7 @@ def build_metrics(
         metrics["warnings"] = metrics.get("warnings", []) + cross_checks
     if pair.failure:
         metrics["failure"] = pair.failure
+    add_trigger_figures(metrics, experiment, pair, window_start)
     return metrics
 
 
@@ -874,6 +891,21 @@ def _phase_lines(phases: dict[str, Any]) -> list[str]:
     return lines + _daemon_lines(restore)
 
 
+def _protection_lines(strategy: dict[str, Any]) -> list[str]:
+    """How the workload's memory was protected: page traffic over TLS, and page images kept
+    (keep_images: the results then hold the workload's whole memory)."""
+    lines = []
+    network_lazy = strategy.get("lazy_pages") and strategy.get("lazy_pages_mode") == "network"
+    if strategy.get("page_server_tls") and (strategy.get("page_server") or network_lazy):
+        lines.append("Page traffic: TLS (page_server_tls: the experiment's own CA)")
+    if strategy.get("keep_images"):
+        lines.append(
+            "Page images: KEPT in these results and on both hosts (keep_images=true) - they "
+            "hold the workload's whole memory; root only (0600), delete them when done"
+        )
+    return lines
+
+
 def summary_text(metrics: dict[str, Any], metrics_written: bool = True) -> str:
     """The seed's end-of-run summary block, plus downtime and deadline verdicts.
 
@@ -896,12 +928,9 @@ def summary_text(metrics: dict[str, Any], metrics_written: bool = True) -> str:
         f" {_fmt_s(metrics['orchestration_gap_s'])})",
         f"App-perceived downtime (progress.log gap): {_fmt_s(metrics['app_downtime_s'])}"
         f" (strace: {_fmt_s(metrics['app_downtime']['strace_s'])})",
-        f"Migration time (deadline clock): {_fmt_s(metrics['migration_s'])}",
     ]
-    for name, verdict in metrics["deadlines"].items():
-        met = "n/a" if verdict["slack_s"] is None else ("met" if verdict["met"] else "MISSED")
-        slack = "" if verdict["slack_s"] is None else f" (slack {verdict['slack_s']:.2f}s)"
-        lines.append(f"  Deadline {name}: {met}{slack}")
+    lines += trigger_lines(metrics)
+    lines += deadline_lines(metrics)
     verification = metrics.get("verification") or {}
     if verification:
         lines.append(
@@ -917,6 +946,7 @@ def summary_text(metrics: dict[str, Any], metrics_written: bool = True) -> str:
     if metrics.get("warnings"):
         lines.append(f"Warnings ({len(metrics['warnings'])}):")
         lines += [f"  - {warning.get('message', warning)}" for warning in metrics["warnings"]]
+    lines += _protection_lines(metrics.get("strategy") or {})
     lines += [
         f"Total Experiment Duration: {_fmt_s(metrics['experiment']['duration_s'])}",
         f"Results: {metrics['experiment']['results_dir']}",
@@ -925,3 +955,292 @@ def summary_text(metrics: dict[str, Any], metrics_written: bool = True) -> str:
         lines.append("metrics.json was not written (save_metrics=false)")
     lines.append(rule)
     return "\n".join(lines)
+
+
+# -- when the migration started: the trigger, the spot notice, what a missed deadline needs --
+
+# The trigger=ready conditions (module_utils/trigger_conditions.py CONDITIONS).
+TRIGGER_CONDITIONS = ("migrate_after_s", "migrate_after_lines", "migrate_at_rss_mb")
+# The deadline clock's reading, phase by phase: how the summary names each.
+DEADLINE_PHASES = {
+    "detection": "the notice's detection",
+    "before_final_dump": "the time before the final dump",
+    "final_dump": "the final dump",
+    "transfer": "the transfer",
+    "restore": "the restore",
+    "orchestration_gap": "the orchestration between them",
+}
+
+
+def _stamps(record: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """`record` with its epoch stamps under `keys` as ISO strings."""
+    return {key: iso_utc(value) if key in keys else value for key, value in record.items()}
+
+
+def deadline_phases(
+    pair: PairRecord,
+    window_start: float | None,
+    seen_at: float | None,
+    downtime_parts: dict[str, Any],
+) -> dict[str, float]:
+    """What the deadline clock's reading is made of, in order: the notice's detection (its
+    issue to its sighting), the time before the final dump (pre-dumps, Ansible's tasks),
+    the final dump, the transfer, the restore and the orchestration between them."""
+    phases: dict[str, float] = {}
+    start = window_start
+    if seen_at is not None and start is not None:
+        phases["detection"] = seen_at - start
+        start = seen_at
+    dump_start = pair.last("final_dump").get("started_at")
+    if start is not None and dump_start:
+        phases["before_final_dump"] = float(dump_start) - start
+    for key in ("final_dump", "transfer", "restore", "orchestration_gap"):
+        value = downtime_parts.get(key)
+        if isinstance(value, int | float):
+            phases[key] = float(value)
+    return {key: round(value, 6) for key, value in phases.items()}
+
+
+def shrink_to_meet(phases_s: dict[str, float], missed_by_s: float) -> dict[str, Any]:
+    """Which phase would have to shrink, and to what, for a missed deadline to be met: the
+    longest one, when it alone is longer than what is missing."""
+    if not phases_s:
+        return {"missed_by_s": round(missed_by_s, 3), "phase": None}
+    phase, value = max(phases_s.items(), key=lambda item: item[1])
+    if value >= missed_by_s:
+        return {
+            "missed_by_s": round(missed_by_s, 3),
+            "phase": phase,
+            "phase_s": round(value, 3),
+            "shrink_to_s": round(value - missed_by_s, 3),
+        }
+    return {
+        "missed_by_s": round(missed_by_s, 3),
+        "phase": None,
+        "longest": phase,
+        "longest_s": round(value, 3),
+    }
+
+
+def _notice_trigger(notice: dict[str, Any], pair: PairRecord) -> dict[str, Any]:
+    """metrics.json's `trigger` of a notice-triggered run."""
+    watch = dict(notice.get("watch") or {})
+    errors = [_stamps(e, "first_at", "last_at") for e in watch.pop("errors", [])]
+    trigger = {
+        "kind": "notice",
+        "provider": notice.get("provider"),
+        "endpoint": watch.get("endpoint"),
+        "notice_kind": notice.get("kind"),
+        "action": notice.get("action"),
+        "notice_at": iso_utc(notice.get("notice_at")),
+        "notice_at_from": notice.get("notice_at_from"),
+        "notice_at_estimated": bool(notice.get("notice_at_estimated")),
+        "notice_seen_at": iso_utc(notice.get("seen_at")),
+        "detection_delay_s": notice.get("detection_delay_s"),
+        "notice_length_s": notice.get("notice_length_s"),
+        "deadline_at": iso_utc(notice.get("deadline_at")),
+        "deadline_passed": bool(notice.get("deadline_passed")),
+        "seen_during": notice.get("seen_during"),
+        "predumps_before": notice.get("predumps_before"),
+        "polls": watch.get("polls"),
+        "poll_s": watch.get("poll_s"),
+        "watch_started_at": iso_utc(watch.get("watch_started_at")),
+        "errors": errors,
+        "last_answer": watch.get("last_answer"),
+        "message": notice.get("message"),
+        "raw": notice.get("raw"),
+    }
+    for key in ("tokens", "document_incarnation"):
+        if watch.get(key) is not None:
+            trigger[key] = watch[key]
+    if notice.get("event_id"):
+        trigger["event_id"] = notice["event_id"]
+    ack = {k: v for k, v in pair.last("notice_ack").items() if k != "host"}
+    if ack:
+        trigger["acknowledged"] = _stamps(ack, "at")
+    return trigger
+
+
+def add_trigger_figures(
+    metrics: dict[str, Any],
+    experiment: dict[str, Any],
+    pair: PairRecord,
+    window_start: float | None,
+) -> None:
+    """The trigger's figures in `metrics`: `trigger` (what started the migration, and when),
+    `experiment.notice_at` / `notice_seen_at` and `detection_delay_s` (when a notice came),
+    the notice's own deadline beside the clouds' (`deadlines.notice`), the deadline clock's
+    reading phase by phase (`deadline_phases_s`) and, for each missed deadline, the phase that
+    would have to shrink to meet it (`deadline_shrink`)."""
+    settings = experiment.get("settings") or {}
+    notice = {k: v for k, v in pair.last("notice").items() if k != "host"}
+    kind = "notice" if notice else str(settings.get("trigger") or "ready")
+    trigger: dict[str, Any]
+    if notice:
+        trigger = _notice_trigger(notice, pair)
+        metrics["experiment"]["notice_at"] = trigger["notice_at"]
+        metrics["experiment"]["notice_seen_at"] = trigger["notice_seen_at"]
+        metrics["detection_delay_s"] = notice.get("detection_delay_s")
+        length = notice.get("notice_length_s")
+        if notice.get("deadline_at") is not None and length is not None:
+            # the notice's own deadline (its length from its issue), beside the clouds'
+            migration_s = metrics["migration_s"]
+            metrics["deadlines"]["notice"] = {
+                "deadline_s": float(length),
+                "met": migration_s is not None and migration_s <= float(length),
+                "slack_s": None if migration_s is None else round(float(length) - migration_s, 3),
+                "provider": notice.get("provider"),
+                "deadline_at": trigger["deadline_at"],
+            }
+        if notice.get("deadline_passed"):
+            metrics.setdefault("warnings", []).append(
+                {
+                    "check": "notice_deadline_passed",
+                    "phase": "trigger",
+                    "host": pair.source,
+                    "message": notice.get("message"),
+                }
+            )
+    elif kind == "notice":
+        # the run ended before a notice came (a watch that timed out, an earlier failure)
+        trigger = {
+            "kind": "notice",
+            "provider": settings.get("notice_provider"),
+            "endpoint": settings.get("notice_endpoint"),
+            "notice_at": None,
+        }
+    else:
+        held = {k: v for k, v in pair.last("trigger").items() if k != "host"}
+        trigger = {
+            "kind": "ready",
+            "conditions": {name: settings.get(name, 0) for name in TRIGGER_CONDITIONS},
+            "held": {
+                name: _stamps(value, "at") for name, value in (held.get("held") or {}).items()
+            },
+            "ready_at": iso_utc(held.get("ready_at")),
+            "held_at": iso_utc(held.get("held_at")),
+            "waited_s": held.get("waited_s"),
+            "after_ready_s": held.get("after_ready_s"),
+        }
+    probe = {k: v for k, v in pair.last("notice_probe").items() if k != "host"}
+    if probe:
+        trigger["probe"] = {
+            "answer": probe.get("answer"),
+            "pending": bool(probe.get("pending_notice")),
+        }
+    metrics["trigger"] = trigger
+    parts = {
+        "final_dump": (metrics["phases"].get("final_dump") or {}).get("duration_s"),
+        "transfer": (metrics["phases"].get("transfer") or {}).get("duration_s"),
+        "restore": (metrics["phases"].get("restore") or {}).get("duration_s"),
+        "orchestration_gap": metrics.get("orchestration_gap_s"),
+    }
+    phases_s = deadline_phases(pair, window_start, notice.get("seen_at"), parts)
+    metrics["deadline_phases_s"] = phases_s
+    shrink = {
+        name: shrink_to_meet(phases_s, -verdict["slack_s"])
+        for name, verdict in metrics["deadlines"].items()
+        if verdict.get("slack_s") is not None and verdict["slack_s"] < 0
+    }
+    if shrink:
+        metrics["deadline_shrink"] = shrink
+
+
+def _clock(epoch_iso: Any) -> str:
+    """An ISO stamp's time of day (the summary's width)."""
+    return str(epoch_iso).split("T", 1)[-1] if epoch_iso else "n/a"
+
+
+def trigger_lines(metrics: dict[str, Any]) -> list[str]:
+    """The summary's lines of the trigger: the notice (issued, seen, detection delay) or
+    the conditions that held; nothing for a run that migrated as soon as it was ready."""
+    trigger = metrics.get("trigger") or {}
+    if trigger.get("kind") == "ready":
+        conditions = {k: v for k, v in (trigger.get("conditions") or {}).items() if v}
+        if not conditions:
+            return []
+        held = trigger.get("held") or {}
+        parts = [
+            f"{name}={value} ("
+            + (
+                f"{held[name]['reached']:g} at {_clock(held[name]['at'])}"
+                if name in held
+                else "did not hold"
+            )
+            + ")"
+            for name, value in conditions.items()
+        ]
+        return [
+            f"Trigger: ready, then {', '.join(parts)}; waited {_fmt_s(trigger.get('waited_s'))}"
+        ]
+    if not trigger.get("notice_at"):
+        return [
+            f"Trigger: {trigger.get('provider')} spot notice at {trigger.get('endpoint')}: "
+            "none came"
+        ]
+    lines = [
+        f"Trigger: {trigger['provider']} spot notice ({trigger['action']}), issued "
+        f"{_clock(trigger['notice_at'])} ({trigger['notice_at_from']}), seen "
+        f"{_clock(trigger['notice_seen_at'])} during {trigger.get('seen_during') or 'the wait'}",
+        f"  Detection delay: {_fmt_s(trigger['detection_delay_s'])}"
+        + (" (GCP gives no issue time)" if trigger.get("notice_at_estimated") else "")
+        + f" (polled every {_fmt_s(trigger.get('poll_s'))}, {trigger.get('polls')} polls)",
+    ]
+    for error in trigger.get("errors") or []:
+        lines.append(f"  While watching ({error['count']}x): {str(error['message'])[:160]}")
+    if trigger.get("deadline_passed"):
+        lines.append(f"  {trigger.get('message')}")
+    if trigger.get("acknowledged"):
+        lines.append(
+            f"  Acknowledged event {trigger['acknowledged'].get('event_id')} after the restore"
+        )
+    return lines
+
+
+def deadline_lines(metrics: dict[str, Any]) -> list[str]:
+    """The deadline clock's reading, each deadline's verdict and, for a missed one, the
+    phase that would have to shrink to meet it."""
+    notice = (metrics.get("trigger") or {}).get("notice_at")
+    lines = [
+        (
+            "Notice -> migration done (deadline clock): "
+            if notice
+            else "Migration time (deadline clock): "
+        )
+        + _fmt_s(metrics["migration_s"])
+    ]
+    phases_s = metrics.get("deadline_phases_s") or {}
+    if notice and phases_s:
+        lines.append(
+            "  Clock: "
+            + ", ".join(
+                f"{key.replace('_', ' ')} {_fmt_s(value)}" for key, value in phases_s.items()
+            )
+        )
+    for name, verdict in metrics["deadlines"].items():
+        met = "n/a" if verdict["slack_s"] is None else ("met" if verdict["met"] else "MISSED")
+        slack = "" if verdict["slack_s"] is None else f" (slack {verdict['slack_s']:.2f}s)"
+        label = name
+        if name == "notice":
+            label = f"notice ({verdict.get('provider')}, {verdict['deadline_s']:g} s)"
+        lines.append(f"  Deadline {label}: {met}{slack}")
+        shrink = (metrics.get("deadline_shrink") or {}).get(name)
+        if shrink and shrink.get("phase"):
+            lines.append(
+                f"    to meet it, {_phase_label(metrics, shrink['phase'])} "
+                f"({shrink['phase_s']:.2f}s) would have to shrink by {shrink['missed_by_s']:.2f}s "
+                f"(to {shrink['shrink_to_s']:.2f}s)"
+            )
+        elif shrink and shrink.get("longest"):
+            lines.append(
+                f"    to meet it, no single phase would do: {shrink['missed_by_s']:.2f}s are "
+                f"missing, the longest is {_phase_label(metrics, shrink['longest'])} "
+                f"({shrink['longest_s']:.2f}s)"
+            )
+    return lines
+
+
+def _phase_label(metrics: dict[str, Any], phase: str) -> str:
+    if phase == "before_final_dump" and metrics["phases"].get("predump"):
+        return "the pre-dumps before the final dump"
+    return DEADLINE_PHASES.get(phase, phase)

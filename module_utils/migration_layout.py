@@ -9,8 +9,10 @@ CRIU's background processes and the fused critical path's journal.
   images; `working_dir` is the workload's folder, which moves with the checkpoint.
 - `images_base`: pre-dump n goes to `<images_base>/<n>`, the final dump to
   `<images_base>/<N+1>` after N pre-dumps (1 with checkpoint_strategy=full). transfer=efs
-  puts the images on the filesystem both hosts mount, so the destination restores them
+  puts the images on the filesystem both hosts mount, transfer=ebs on the pair's volume
+  (mounted at ebs_mount_path on the host that holds it), so the destination restores them
   where the dump wrote them.
+- transfer=s3 keys: `<s3_prefix>/<experiment id>/<source host>/` (`s3_key_prefix`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import Any
 # Results bundles, scripts and experiments live under the node's migration_root.
 IMAGES = "images"
 WORK = "work"
+TLS = "tls"
 EFS_IMAGES = "criu-migration/images"
+EBS_IMAGES = "criu-migration/images"
 
 
 def final_dump_index(settings: Mapping[str, Any]) -> int:
@@ -43,6 +47,9 @@ def node_paths(
     checkpoint_dir = f"{root}/{IMAGES}/{experiment_id}"
     if settings.get("transfer") == "efs":
         images_base = f"{efs_mount_path.rstrip('/')}/{EFS_IMAGES}/{experiment_id}/{source}"
+    elif settings.get("transfer") == "ebs":
+        mount = str(settings.get("ebs_mount_path") or "").rstrip("/")
+        images_base = f"{mount}/{EBS_IMAGES}/{experiment_id}/{source}"
     else:
         images_base = checkpoint_dir
     return {
@@ -67,15 +74,31 @@ def node_paths(
         "rollback_pidfile": f"{checkpoint_dir}/rollback.pid",
         # the fused critical path's progress, on the source (read by a recovery)
         "critical_path_journal": f"{checkpoint_dir}/critical-path.journal",
+        # page_server_tls: the experiment's CA certificate and this host's certificate and
+        # key, outside checkpoint_dir so that no results bundle ever packs them (removed at
+        # the end, success or not)
+        "tls_dir": f"{root}/{TLS}/{experiment_id}",
+        "tls_cacert": f"{root}/{TLS}/{experiment_id}/ca.pem",
+        "tls_cert": f"{root}/{TLS}/{experiment_id}/cert.pem",
+        "tls_key": f"{root}/{TLS}/{experiment_id}/key.pem",
     }
 
 
-def transfer_link(pair: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+def s3_key_prefix(settings: Mapping[str, Any], experiment_id: str, source: str) -> str:
+    """Where a pair's objects go in the bucket (transfer=s3)."""
+    return f"{str(settings.get('s3_prefix') or '').strip('/')}/{experiment_id}/{source}"
+
+
+def transfer_link(
+    pair: Mapping[str, Any], settings: Mapping[str, Any], experiment_id: str = ""
+) -> dict[str, Any]:
     """How the pair's transfers reach the destination: the options every sending module
     takes (TRANSFER_OPTIONS of module_utils/transfer_backends.py), from the settings and
     the planned pair (its paths included)."""
     efs = settings.get("transfer") == "efs"
-    return {
+    s3 = settings.get("transfer") == "s3"
+    ebs = settings.get("transfer") == "ebs"
+    link = {
         "method": settings.get("transfer"),
         "destination": pair.get("destination_link_address"),
         "destination_user": pair.get("destination_user") or "root",
@@ -86,4 +109,20 @@ def transfer_link(pair: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[
         "compress_level": settings.get("transfer_compress_level"),
         "efs_path": pair.get("efs_mount_path") if efs else None,
         "efs_dir": pair.get("images_base") if efs else None,
+        "s3_bucket": settings.get("s3_bucket") if s3 else None,
+        "s3_prefix": s3_key_prefix(settings, experiment_id, str(pair.get("source")))
+        if s3
+        else None,
+        "s3_endpoint_url": (settings.get("s3_endpoint_url") or None) if s3 else None,
+        "s3_part_size_mb": settings.get("s3_part_size_mb"),
+        "s3_max_concurrency": settings.get("s3_max_concurrency"),
+        "ebs_volume_id": pair.get("ebs_volume_id") if ebs else None,
+        "ebs_mount_path": settings.get("ebs_mount_path") if ebs else None,
+        "ebs_dir": pair.get("images_base") if ebs else None,
+        "ebs_timeout_s": settings.get("ebs_timeout_s"),
     }
+    # numbers are given or left out (the argument spec's default then), never null
+    for key in ("s3_part_size_mb", "s3_max_concurrency", "ebs_timeout_s"):
+        if link[key] is None:
+            del link[key]
+    return link

@@ -21,6 +21,11 @@ earlier, at the first of these (checked in this order):
   final dump, its transfer and the restore (estimated from the last iteration, plus
   `final_reserve_s`), so the final dump must start now;
 - ``iterations``: `max_iterations` pre-dumps were done (both modes; p.haul MAX_ITERS_COUNT).
+
+With `trigger=notice` (library/predump_loop.py) the deadline clock starts at the spot
+notice's issue time and the budget is the notice's length unless `deadline_s` is given;
+``notice`` is the stop of `fixed` when the notice comes (and of either mode when its deadline
+had already passed).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 MODES = ("fixed", "adaptive")
-REASONS = ("small_dump", "skip_goal", "not_shrinking", "deadline", "iterations")
+REASONS = ("small_dump", "skip_goal", "not_shrinking", "deadline", "iterations", "notice")
 
 
 @dataclass(frozen=True)

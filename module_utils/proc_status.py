@@ -207,6 +207,18 @@ def process_tree(root: int, proc: str = PROC) -> list[int]:
     return tree
 
 
+def non_root_processes(root: int, proc: str = PROC) -> list[dict[str, object]]:
+    """The processes of `root`'s tree whose real, effective or saved user is not root: pid,
+    name (comm) and uids. criu dump cannot read their rlimits without CAP_SYS_RESOURCE."""
+    found = []
+    for pid in process_tree(root, proc):
+        status = read_status(pid, proc=proc) or {}
+        uids = [int(uid) for uid in (status.get("Uid") or "0").split()[:3]]
+        if any(uids):
+            found.append({"pid": pid, "name": status.get("Name", ""), "uids": uids})
+    return found
+
+
 def tracer_of(pid: int, tid: int | None = None, proc: str = PROC) -> int | None:
     """TracerPid of a process (or one of its threads); None when it is gone."""
     status = read_status(pid, tid, proc)

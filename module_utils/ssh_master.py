@@ -122,10 +122,11 @@ class SshMaster:
         return proc.stdout if proc.returncode == 0 else None
 
     def runner(self, remote_timeout_s: float = 600.0):
-        """A transfer_backends Runner that runs each argv on the destination."""
+        """A transfer_backends Runner that runs each argv on the destination (`stdin` goes to
+        the remote program's standard input, through the encrypted channel)."""
 
-        def run(argv: list[str]) -> tuple[int, str, str]:
-            return self.run(argv, remote_timeout_s)
+        def run(argv: list[str], stdin: bytes | None = None) -> tuple[int, str, str]:
+            return self.run(argv, remote_timeout_s, stdin)
 
         return run
 

@@ -2,8 +2,8 @@
 
 A backend makes a list of absolute paths on the source exist at the same paths on the
 destination (CRIU restores open files by path). `send` runs on the source; a two-sided
-backend (`efs` here, S3 and EBS later) also has a `receive` that runs on the destination
-before the restore. Backends:
+backend (`efs`, `s3`, `ebs`) also has a `receive` that runs on the destination before the
+restore. Backends:
 
 - `rsync`: straight from source to destination over SSH, one rsync, the cipher a setting.
 - `ssh-zstd` (transfer=rsync with transfer_compress=zstd): `tar | zstd | ssh | zstd -d | tar`,
@@ -12,31 +12,47 @@ before the restore. Backends:
 - `efs`: the images were written by the dump onto a filesystem both hosts mount; only the
   paths that are not on it (the working directory) are staged there (send) and copied to
   their local paths on the destination (receive).
+- `s3`: the send uploads the files to a bucket (multipart, concurrent parts), the receive
+  downloads them to the same paths on the destination. Both run the standalone
+  `tools/s3_transfer.py` (copied to the nodes, run by the node's /usr/bin/python3 with
+  Debian's python3-boto3) as an argv, so the fused critical path runs the receive over its
+  SSH master; the AWS environment (region, the lab's credentials) goes to it on stdin.
+- `ebs`: like efs, the images were dumped onto a volume mounted at `ebs_mount_path`; the send
+  stages the rest on it and unmounts it, the control node moves the volume to the
+  destination (module_utils/ebs_attach.py), and the receive mounts it there
+  (the device found by its volume id: `find_volume_device`) and copies the staged paths out.
 
 Integrity: a sha256 manifest of the sent files (`checksum_manifest`), compared on the
 destination (`compare_manifest`). Argv building, output parsing and the manifest code are
 plain functions with unit tests; the `checkpoint_transfer` module runs them.
-Standard library only (this file runs on the nodes).
+Standard library only (this file runs on the nodes; boto3 only in the S3 tool's process).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# run(argv) -> (rc, stdout, stderr)
-Runner = Callable[[list[str]], tuple[int, str, str]]
+
+class Runner(Protocol):
+    """Runs an argv (here, or on the destination over SSH): (rc, stdout, stderr). `stdin`,
+    when given, is what the program reads on its standard input."""
+
+    def __call__(self, argv: list[str], stdin: bytes | None = None) -> tuple[int, str, str]: ...
+
 
 MB = 1_000_000.0
 CHUNK = 1 << 20
@@ -80,6 +96,24 @@ class TransferRequest:
     # ControlPath: its SSH connection is opened before the freeze)
     ssh_options: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # s3: the bucket, this pair's key prefix (<s3_prefix>/<experiment id>/<source host>),
+    # an S3-compatible endpoint (empty: AWS), part size (MiB) and concurrent requests
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""
+    s3_part_size_mb: int = 8
+    s3_max_concurrency: int = 10
+    # ebs: the pair's volume, where it is mounted, this experiment's folder on it, and how
+    # long its device may take to appear after the attach
+    ebs_volume_id: str = ""
+    ebs_mount_path: str = ""
+    ebs_dir: str = ""
+    ebs_timeout_s: float = 300.0
+    # s3: the folder of the standalone tools on the nodes (tools/s3_transfer.py)
+    tools_dir: str = ""
+    # the environment of the programs that call AWS (region, the lab's credentials): handed
+    # over on stdin, never on a command line, never printed
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -253,6 +287,21 @@ def rsync_stats_or_raise(run: Runner, argv: list[str], what: str) -> dict[str, i
     if rc != 0:
         raise TransferError(f"{what} failed (rc={rc}): {err.strip()[-500:]}", argv, out + err)
     return parse_rsync_stats(out)
+
+
+def stage_beside_images(
+    run: Runner, staged: list[str], staging: str, where: str
+) -> tuple[dict[str, int], float]:
+    """Copy the folders that are not on the shared storage (the working directory) into
+    `staging` on it, for efs and ebs alike: rsync's figures and the seconds it took."""
+    stats: dict[str, int] = {}
+    t0 = time.monotonic()
+    if staged:
+        os.makedirs(staging, exist_ok=True)
+        stats = rsync_stats_or_raise(
+            run, local_rsync_argv(staged, staging + "/"), f"staging {', '.join(staged)} on {where}"
+        )
+    return stats, time.monotonic() - t0
 
 
 def child_pids(pid: int) -> list[int]:
@@ -602,16 +651,7 @@ class EfsBackend:
                 f"{request.efs_path}: the images must be dumped there (migration_images_base)"
             )
         shared_bytes, shared_files = payload_of(in_place)
-        stats: dict[str, int] = {}
-        t0 = time.monotonic()
-        if staged:
-            os.makedirs(staging, exist_ok=True)
-            stats = rsync_stats_or_raise(
-                run,
-                local_rsync_argv(staged, staging + "/"),
-                f"staging {', '.join(staged)} on {request.efs_path}",
-            )
-        duration = time.monotonic() - t0
+        stats, duration = stage_beside_images(run, staged, staging, request.efs_path)
         return TransferResult(
             method=self.name,
             duration_s=duration,
@@ -643,6 +683,452 @@ class EfsBackend:
             bytes=stats.get("bytes", 0),
             files=stats.get("files", 0),
             dest_paths=staged,
+        )
+
+
+# -- s3: upload on the source, download on the destination -----------------------------------
+
+# The node side of transfer=s3 (tools/s3_transfer.py, copied to `tools_dir` on every node),
+# run by the node's Debian interpreter, which has python3-boto3.
+S3_TOOL = "s3_transfer.py"
+NODE_PYTHON = "/usr/bin/python3"
+# inject_fault=transfer_interrupt with s3: the uploader is killed once this share of the
+# payload went out, with parts in flight.
+S3_INTERRUPT_SHARE = 0.5
+# Environment variables that hold credentials (masked in every message).
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# An S3 bucket name (3-63 characters: lowercase letters, digits, dots, hyphens).
+S3_BUCKET_PATTERN = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+
+
+def aws_environment(aws: dict[str, Any] | None) -> dict[str, str]:
+    """The environment of a program that calls AWS, from a module's `aws` option (AWS_OPTIONS):
+    the inventory's plain variables, its credentials, the region. Empty values are left out
+    (boto3's own chain then decides: the instance profile on EC2)."""
+    aws = aws or {}
+    env = {str(k): str(v) for k, v in (aws.get("environment") or {}).items() if v not in (None, "")}
+    env.update(
+        {str(k): str(v) for k, v in (aws.get("credentials") or {}).items() if v not in (None, "")}
+    )
+    if aws.get("region"):
+        env["AWS_DEFAULT_REGION"] = str(aws["region"])
+    return env
+
+
+def masked(text: str, env: dict[str, str]) -> str:
+    """`text` with every credential value of `env` replaced by ********."""
+    for name in SECRET_ENV:
+        value = env.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "********")
+    return text
+
+
+def env_stdin(request: TransferRequest) -> bytes:
+    """What the S3 tool reads with --env-stdin: one JSON line with the environment."""
+    return (json.dumps({"env": request.env}) + "\n").encode()
+
+
+def s3_location(request: TransferRequest) -> str:
+    return f"s3://{request.s3_bucket}/{request.s3_prefix.strip('/')}/"
+
+
+def s3_tool_argv(request: TransferRequest, command: str, *extra: str) -> list[str]:
+    """The S3 tool's argv for `command` (upload, download, delete, check) of this request."""
+    if not request.s3_bucket or not request.s3_prefix:
+        raise ValueError("transfer=s3 needs the bucket (s3_bucket) and the pair's key prefix")
+    if not request.tools_dir:
+        raise ValueError("transfer=s3 needs the nodes' tools folder (aws.tools_dir)")
+    argv = [
+        NODE_PYTHON,
+        os.path.join(request.tools_dir, S3_TOOL),
+        command,
+        "--env-stdin",
+        "--bucket",
+        request.s3_bucket,
+        "--prefix",
+        request.s3_prefix.strip("/"),
+        "--stage",
+        request.stage,
+        "--part-size-mb",
+        str(int(request.s3_part_size_mb)),
+        "--max-concurrency",
+        str(int(request.s3_max_concurrency)),
+    ]
+    if request.s3_endpoint_url:
+        argv += ["--endpoint-url", request.s3_endpoint_url]
+    if request.env.get("AWS_DEFAULT_REGION"):
+        argv += ["--region", request.env["AWS_DEFAULT_REGION"]]
+    return [*argv, *extra]
+
+
+def tool_reply(out: str) -> dict[str, Any]:
+    """The S3 tool's JSON reply (its last stdout line), {} when it printed none."""
+    for line in reversed((out or "").strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
+def run_s3_tool(
+    request: TransferRequest, run: Runner, command: str, *extra: str
+) -> tuple[int, dict[str, Any], str, list[str]]:
+    """(rc, reply, why it failed or "", argv) of one S3 tool call."""
+    argv = s3_tool_argv(request, command, *extra)
+    rc, out, err = run(argv, stdin=env_stdin(request))
+    reply = tool_reply(out)
+    why = ""
+    if rc != 0 or not reply.get("ok"):
+        why = str(reply.get("error") or (err or out).strip()[-500:] or f"exit status {rc}")
+    return rc, reply, masked(why, request.env), argv
+
+
+class S3Backend:
+    """transfer=s3: multipart upload by the source, download by the destination."""
+
+    name = "s3"
+    two_sided = True
+    # the receive fetches what the send put in the bucket (every stage, pre-dumps included)
+    receive_fetches = True
+    # NODE_PYTHON with python3-boto3 and the tool: the node checks run the tool itself
+    source_tools = ("python3",)
+    destination_tools = ("python3",)
+
+    def remove_partial(self, request: TransferRequest, run: Runner) -> str:
+        """After a failed upload: abort the pair's unfinished multipart uploads and delete
+        its objects (the source's images are intact; a partial set is of no use)."""
+        rc, reply, why, _argv = run_s3_tool(request, run, "delete")
+        if rc != 0:
+            return f"removing the partial upload failed too: {why}"
+        done = reply.get("delete") or {}
+        return (
+            f"removed the partial upload under {s3_location(request)}: "
+            f"{done.get('uploads_aborted', 0)} unfinished multipart uploads aborted, "
+            f"{done.get('objects_deleted', 0)} objects deleted"
+        )
+
+    def send(self, request: TransferRequest, run: Runner) -> TransferResult:
+        check_paths(request.paths)
+        payload, _files = payload_of(request.paths)
+        cut = max(1, int(payload * S3_INTERRUPT_SHARE)) if request.fault == "interrupt" else 0
+        extra = ("--cut-after-bytes", str(cut)) if cut else ()
+        t0 = time.monotonic()
+        rc, reply, why, argv = run_s3_tool(request, run, "upload", *extra, *request.paths)
+        duration = time.monotonic() - t0
+        if why:
+            if cut and rc in (-signal.SIGKILL, 128 + signal.SIGKILL):
+                why = (
+                    f"inject_fault=transfer_interrupt: the uploader was killed after "
+                    f"{cut} of {payload} bytes, with parts in flight"
+                )
+            raise TransferError(
+                f"upload to {s3_location(request)} failed (rc={rc}): {why}; "
+                f"{self.remove_partial(request, run)}",
+                argv,
+            )
+        upload = reply.get("upload") or {}
+        return TransferResult(
+            method=self.name,
+            duration_s=duration,
+            bytes=int(upload.get("bytes", 0)),
+            files=int(upload.get("objects", 0)),
+            dest_paths=[],
+            extra={
+                "s3": {
+                    "bucket": request.s3_bucket,
+                    "prefix": request.s3_prefix.strip("/") + "/",
+                    "endpoint_url": request.s3_endpoint_url or None,
+                    "part_size_mb": int(request.s3_part_size_mb),
+                    "max_concurrency": int(request.s3_max_concurrency),
+                    "upload": upload,
+                }
+            },
+        )
+
+    def receive(self, request: TransferRequest, run: Runner) -> TransferResult | None:
+        t0 = time.monotonic()
+        rc, reply, why, argv = run_s3_tool(request, run, "download", *request.paths)
+        duration = time.monotonic() - t0
+        if why:
+            raise TransferError(
+                f"download from {s3_location(request)} failed (rc={rc}): {why}", argv
+            )
+        download = reply.get("download") or {}
+        return TransferResult(
+            method=self.name,
+            duration_s=duration,
+            bytes=int(download.get("bytes", 0)),
+            files=int(download.get("objects", 0)),
+            dest_paths=list(request.paths),
+            extra={"s3": {"download": download}},
+        )
+
+
+# -- ebs: a volume that moves from the source to the destination -------------------------------
+
+# Where udev links an EBS volume on a Nitro instance: the NVMe controller's serial number is
+# the volume id without its dash (docs/cloud.md).
+EBS_BY_ID = "disk/by-id/nvme-Amazon_Elastic_Block_Store_{serial}"
+# The lab's volumes are files named <volume id>.img behind loop devices
+# (module_utils/ebs_attach.py), found by their backing file.
+LAB_BACKING_SUFFIX = ".img"
+EBS_FS_LABEL = "criu-ebs"
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def volume_serial(volume_id: str) -> str:
+    """The NVMe serial number of an EBS volume: its id without the dash (vol0123...)."""
+    if not re.fullmatch(r"vol-[0-9a-f]{8,17}", volume_id or ""):
+        raise ValueError(f"{volume_id!r} is not an EBS volume id (vol-<hex>)")
+    return volume_id.replace("-", "")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def find_volume_device(volume_id: str, dev: str = "/dev", sys_root: str = "/sys") -> str | None:
+    """The block device of an attached EBS volume, found by its volume id, never guessed
+    from the device name given to AttachVolume (Nitro instances rename it /dev/nvme<N>n1):
+
+    1. udev's link /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<id without dash>;
+    2. the same serial in sysfs (/sys/block/<name>/device/serial; virtio disks: .../serial),
+       for hosts without udev;
+    3. the namespaces lab: a loop device whose backing file is <volume id>.img.
+    """
+    serial = volume_serial(volume_id)
+    link = os.path.join(dev, EBS_BY_ID.format(serial=serial))
+    if os.path.exists(link):
+        return os.path.realpath(link)
+    try:
+        names = sorted(os.listdir(os.path.join(sys_root, "block")))
+    except OSError:
+        names = []
+    for name in names:
+        block = os.path.join(sys_root, "block", name)
+        for candidate in (os.path.join(block, "device", "serial"), os.path.join(block, "serial")):
+            if _read(candidate) in (serial, volume_id):
+                return os.path.join(dev, name)
+        backing = _read(os.path.join(block, "loop", "backing_file"))
+        if backing and os.path.basename(backing) == volume_id + LAB_BACKING_SUFFIX:
+            return os.path.join(dev, name)
+    return None
+
+
+def wait_for_volume_device(
+    volume_id: str,
+    timeout_s: float,
+    find: Callable[[str], str | None] = find_volume_device,
+    interval_s: float = 0.05,
+) -> tuple[str, float]:
+    """(device, seconds waited) once the attached volume's device shows up on this host."""
+    t0 = time.monotonic()
+    while True:
+        device = find(volume_id)
+        if device and os.path.exists(device):
+            return device, time.monotonic() - t0
+        if time.monotonic() - t0 >= timeout_s:
+            raise TransferError(
+                f"no block device of EBS volume {volume_id} appeared on {os.uname().nodename} "
+                f"within {timeout_s:g} s of its attach (looked for the NVMe serial "
+                f"{volume_serial(volume_id)} in /dev/disk/by-id and /sys/block)"
+            )
+        time.sleep(interval_s)
+
+
+def mounted_source(mount_path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """major:minor of what is mounted at `mount_path` (None: nothing)."""
+    target = os.path.normpath(mount_path)
+    found = None
+    for line in _read(mountinfo).splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
+            found = fields[2]  # the last mount on a path is the visible one
+    return found
+
+
+def device_number(device: str) -> str:
+    rdev = os.stat(device).st_rdev
+    return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
+def sbin(name: str) -> str:
+    """A system tool by its full path (SSH sessions' PATH may lack the sbin folders)."""
+    return shutil.which(name, path=SBIN_PATH) or name
+
+
+def run_or_raise(run: Runner, argv: list[str], what: str) -> tuple[str, float]:
+    t0 = time.monotonic()
+    rc, out, err = run(argv)
+    if rc != 0:
+        raise TransferError(f"{what} failed (rc={rc}): {(err or out).strip()[-400:]}", argv)
+    return out, time.monotonic() - t0
+
+
+def mount_volume(
+    volume_id: str,
+    mount_path: str,
+    timeout_s: float,
+    run: Runner,
+    make_filesystem: bool = False,
+    find: Callable[[str], str | None] = find_volume_device,
+) -> dict[str, Any]:
+    """Find the attached volume's device by its id, make its filesystem when it has none and
+    `make_filesystem` (the source, once), mount it at `mount_path`. Each step timed."""
+    device, waited = wait_for_volume_device(volume_id, timeout_s, find)
+    figures: dict[str, Any] = {
+        "volume_id": volume_id,
+        "device": device,
+        "device_wait_s": round(waited, 6),
+    }
+    current = mounted_source(mount_path)
+    if current is not None:
+        if current == device_number(device):
+            return {**figures, "mounted_already": True, "mount_s": 0.0}
+        raise TransferError(f"{mount_path} is already a mount point of another device ({current})")
+    rc, out, _err = run([sbin("blkid"), "-o", "value", "-s", "TYPE", device])
+    fstype = out.strip() if rc == 0 else ""
+    if not fstype:
+        if not make_filesystem:
+            raise TransferError(
+                f"EBS volume {volume_id} ({device}) has no filesystem here: it was not "
+                "mounted on the source first"
+            )
+        _out, figures["mkfs_s"] = run_or_raise(
+            run,
+            [sbin("mkfs.ext4"), "-q", "-F", "-L", EBS_FS_LABEL, device],
+            f"making a filesystem on {device} ({volume_id})",
+        )
+        fstype = "ext4"
+    os.makedirs(mount_path, exist_ok=True)
+    _out, figures["mount_s"] = run_or_raise(
+        run, [sbin("mount"), device, mount_path], f"mounting {device} ({volume_id}) at {mount_path}"
+    )
+    figures["mount_s"] = round(figures["mount_s"], 6)
+    figures["fstype"] = fstype
+    return figures
+
+
+def unmount_volume(mount_path: str, run: Runner) -> dict[str, Any]:
+    """Flush and unmount the volume at `mount_path` (nothing to do when it is not mounted)."""
+    if mounted_source(mount_path) is None:
+        return {"mounted": False, "umount_s": 0.0}
+    _out, sync_s = run_or_raise(run, [sbin("sync"), "-f", mount_path], f"sync of {mount_path}")
+    _out, umount_s = run_or_raise(run, [sbin("umount"), mount_path], f"unmounting {mount_path}")
+    return {"mounted": True, "sync_s": round(sync_s, 6), "umount_s": round(umount_s, 6)}
+
+
+def shared_layout(
+    paths: Sequence[str], mount_path: str, folder: str, method: str
+) -> tuple[list[str], list[str], str]:
+    """(paths already on the shared filesystem or volume, paths to stage, staging folder)."""
+    if not mount_path or not folder:
+        raise ValueError(
+            f"transfer={method} needs the mount path and the experiment's folder on it"
+        )
+    check_paths([*paths, mount_path, folder])
+    if not is_under(folder, mount_path):
+        raise ValueError(f"{folder} is not under the mount path {mount_path}")
+    in_place = [p for p in paths if is_under(p, mount_path)]
+    staged = [p for p in paths if not is_under(p, mount_path)]
+    return in_place, staged, os.path.join(folder, "files")
+
+
+class EbsBackend:
+    """transfer=ebs: the dump wrote the images onto the pair's volume, mounted on the source;
+    the send stages the rest there and unmounts it, the control node moves the volume (the
+    `handover`), the receive mounts it on the destination and copies the staged paths out."""
+
+    name = "ebs"
+    two_sided = True
+    receive_fetches = False  # pre-dumps stay on the volume: nothing to fetch per stage
+    # the source also mounts the volume before the dump (and makes its filesystem once)
+    source_tools = ("rsync", "blkid", "mkfs.ext4", "mount", "sync", "umount")
+    destination_tools = ("rsync", "blkid", "mount", "sync", "umount")
+
+    def send(self, request: TransferRequest, run: Runner) -> TransferResult:
+        in_place, staged, staging = shared_layout(
+            request.paths, request.ebs_mount_path, request.ebs_dir, self.name
+        )
+        if mounted_source(request.ebs_mount_path) is None:
+            raise TransferError(
+                f"transfer=ebs: nothing is mounted at {request.ebs_mount_path} on "
+                f"{os.uname().nodename}: the volume {request.ebs_volume_id} must be attached and "
+                "mounted before the dump"
+            )
+        if not in_place:
+            raise TransferError(
+                f"transfer=ebs: none of {', '.join(request.paths)} is on the volume at "
+                f"{request.ebs_mount_path}: the images must be dumped there (migration_images_base)"
+            )
+        shared_bytes, shared_files = payload_of(in_place)
+        stats, stage_s = stage_beside_images(
+            run, staged, staging, f"the volume at {request.ebs_mount_path}"
+        )
+        return TransferResult(
+            method=self.name,
+            duration_s=stage_s,
+            bytes=stats.get("bytes", 0),
+            files=stats.get("files", 0),
+            dest_paths=[],
+            extra={
+                "ebs": {
+                    "volume_id": request.ebs_volume_id,
+                    "mount_path": request.ebs_mount_path,
+                    "source": {"stage_s": round(stage_s, 6)},
+                },
+                "shared_bytes": shared_bytes,
+                "shared_files": shared_files,
+                "staged": staged,
+            },
+        )
+
+    def finish_send(self, request: TransferRequest, run: Runner, result: TransferResult) -> None:
+        """After the source's checksums (they read the volume): flush and unmount it, so the
+        control node can detach it. Timed into the send."""
+        figures = unmount_volume(request.ebs_mount_path, run)
+        result.extra["ebs"]["source"].update(figures)
+        result.duration_s += float(figures.get("sync_s", 0.0)) + float(figures.get("umount_s", 0.0))
+
+    def receive(self, request: TransferRequest, run: Runner) -> TransferResult | None:
+        in_place, staged, staging = shared_layout(
+            request.paths, request.ebs_mount_path, request.ebs_dir, self.name
+        )
+        t0 = time.monotonic()
+        mounted = mount_volume(
+            request.ebs_volume_id, request.ebs_mount_path, request.ebs_timeout_s, run
+        )
+        missing = [path for path in in_place if not os.path.exists(path)]
+        if missing:
+            raise TransferError(
+                f"the volume {request.ebs_volume_id} mounted at {request.ebs_mount_path} lacks "
+                f"{', '.join(missing)}"
+            )
+        stats: dict[str, int] = {}
+        t_copy = time.monotonic()
+        if staged:
+            stats = rsync_stats_or_raise(
+                run,
+                local_rsync_argv([f"{staging}/.{path}" for path in staged], "/"),
+                f"copying {', '.join(staged)} from the volume ({staging})",
+            )
+        mounted["copy_s"] = round(time.monotonic() - t_copy, 6)
+        return TransferResult(
+            method=self.name,
+            duration_s=time.monotonic() - t0,
+            bytes=stats.get("bytes", 0),
+            files=stats.get("files", 0),
+            dest_paths=[*in_place, *staged],
+            extra={"ebs": {"destination": mounted}},
         )
 
 
@@ -772,26 +1258,36 @@ class ManifestThread(threading.Thread):
         self.duration_s = time.monotonic() - t0
 
 
+# A side's own figures in the combined record; a backend's further figures (a dict under
+# its name, e.g. `s3`, `ebs`) are merged into the record's entry of that name.
+SIDE_FIGURES = ("duration_s", "bytes", "files", "throughput_mb_s")
+
+
 def combine_sides(
     sent: dict[str, Any],
     received: dict[str, Any] | None,
     verify: dict[str, Any] | str,
+    handover: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One metrics record per transfer: totals over send (+ receive) (+ destination check),
-    with each side's own figures beside them."""
+    """One metrics record per transfer: totals over send (+ handover) (+ receive) (+ the
+    destination's check), with each side's own figures beside them. `handover`: what
+    happened between the two sides, on neither host (transfer=ebs: the control node moved
+    the volume), with its own duration_s."""
     record = {k: v for k, v in sent.items() if k not in ("send", "receive", "verify")}
-    send = sent.get("send") or {
-        key: sent.get(key) for key in ("duration_s", "bytes", "files", "throughput_mb_s")
-    }
+    send = sent.get("send") or {key: sent.get(key) for key in SIDE_FIGURES}
     record["send"] = send
     duration = float(send.get("duration_s") or 0.0)
+    if handover is not None:
+        record["handover"] = handover
+        duration += float(handover.get("duration_s") or 0.0)
     # the paths this call made exist on the destination (the send's are in its own record;
     # the metrics report unites a stage's records)
     record["dest_paths"] = list((received or {}).get("dest_paths") or [])
     if received is not None:
-        record["receive"] = {
-            key: received.get(key) for key in ("duration_s", "bytes", "files", "throughput_mb_s")
-        }
+        record["receive"] = {key: received.get(key) for key in SIDE_FIGURES}
+        for key, value in received.items():
+            if isinstance(value, dict) and key not in ("verify", "send", "receive"):
+                record[key] = {**(record.get(key) or {}), **value}
         duration += float(received.get("duration_s") or 0.0)
     if isinstance(verify, dict):
         duration += float(verify.get("destination_s") or 0.0)
@@ -839,6 +1335,10 @@ def transfer_send(
     finally:
         if hasher is not None:
             hasher.join()
+    # a backend's last step on the source, after the checksums read the files (ebs: unmount)
+    finish = getattr(backend, "finish_send", None)
+    if finish is not None:
+        finish(request, run, result)
     verify: dict[str, Any] | str = scope or ""
     manifest = None
     if hasher is not None:
@@ -870,6 +1370,7 @@ def transfer_receive(
     sent: dict[str, Any],
     manifest: dict[str, dict[str, Any]] | None,
     backend: TransferBackend | None = None,
+    handover: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The destination's side: the backend's receive, then the checksum comparison.
     Returns the transfer's combined record and the mismatches (empty: all good)."""
@@ -887,7 +1388,7 @@ def transfer_receive(
             "ok": not problems,
             "mismatches": problems,
         }
-    record = combine_sides(sent, received.as_dict() if received else None, verify)
+    record = combine_sides(sent, received.as_dict() if received else None, verify, handover)
     return record, problems
 
 
@@ -895,11 +1396,13 @@ BACKENDS: dict[str, type] = {
     "rsync": RsyncBackend,
     "ssh-zstd": ZstdSshBackend,
     "efs": EfsBackend,
+    "s3": S3Backend,
+    "ebs": EbsBackend,
 }
 # The experiment's `transfer` setting: every method the suite names, implemented or not.
 METHODS = ("rsync", "efs", "s3", "ebs")
 # Methods without a backend yet: refused by the preflight with this reason.
-METHODS_NOT_YET = {"s3": "the S3 backend", "ebs": "the EBS backend"}
+METHODS_NOT_YET: dict[str, str] = {}
 # The `transfer_compress` setting.
 COMPRESSIONS = ("none", "zstd")
 # transfer=<method> with transfer_compress=<compress> -> backend
@@ -929,6 +1432,107 @@ def tools_for(method: str, compress: str, side: str) -> list[str]:
     return list(backend.source_tools if side == "source" else backend.destination_tools)
 
 
+# transfer=ebs: what attaches a volume to a host, per inventory (`ebs_attacher`): aws: EC2
+# itself; lab: the namespaces lab's loop devices (module_utils/ebs_attach.py).
+EBS_ATTACHMENTS = ("aws", "lab")
+
+
+def cloud_transfer_errors(
+    settings: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]], host_var: Any
+) -> list[str]:
+    """What transfer=s3 / ebs cannot do with these settings and this inventory, said before
+    any host is touched (the node checks then try the bucket, the volume and the tools)."""
+    errors: list[str] = []
+    transfer, fault = settings.get("transfer"), settings.get("inject_fault")
+    if fault == "ebs_attach_fail" and transfer != "ebs":
+        errors.append("inject_fault=ebs_attach_fail needs transfer=ebs")
+    if transfer not in ("s3", "ebs"):
+        return errors
+    if settings.get("transfer_compress") not in (None, "none"):
+        errors.append(
+            f"transfer_compress={settings['transfer_compress']} compresses the SSH stream of "
+            f"transfer=rsync; transfer={transfer} moves the files as they are (use "
+            "transfer_compress=none)"
+        )
+    if transfer == "s3":
+        bucket = str(settings.get("s3_bucket") or "")
+        if not bucket:
+            errors.append(
+                "transfer=s3 needs a bucket: set AWS_S3_BUCKET in the environment or pass "
+                "-e s3_bucket=<name> (Terraform's inventories set it with create_s3_bucket=true "
+                "or existing_s3_bucket; the labs set their own)"
+            )
+        elif not re.fullmatch(S3_BUCKET_PATTERN, bucket) or ".." in bucket:
+            errors.append(
+                f"s3_bucket={bucket!r} is not a valid bucket name (3-63 characters: lowercase "
+                "letters, digits, dots and hyphens, starting and ending with a letter or digit)"
+            )
+        if fault == "corrupt_image":
+            errors.append(
+                "inject_fault=corrupt_image alters the destination's copy between the transfer "
+                "and the checksum comparison; with transfer=s3 the download and the comparison "
+                "are one step (use transfer=rsync)"
+            )
+        return errors
+    # ebs
+    if settings.get("critical_path") == "fused":
+        errors.append(
+            "transfer=ebs needs critical_path=stepwise: between the dump and the restore the "
+            "control node detaches the volume from the source and attaches it to the "
+            "destination (EC2 API calls from the control node), which the fused path's single "
+            "call on the source cannot make; run with -e critical_path=stepwise"
+        )
+    if settings.get("page_server"):
+        errors.append(
+            "page_server=true streams the pages to the destination's disk; with transfer=ebs "
+            "the images travel on the volume: use one or the other"
+        )
+    if fault in ("corrupt_image", "transfer_interrupt"):
+        errors.append(
+            f"inject_fault={fault} needs a transfer that copies (rsync, s3): with transfer=ebs "
+            + (
+                "the image it would alter is the only copy, which the rollback restores"
+                if fault == "corrupt_image"
+                else "there is no stream to cut (inject_fault=ebs_attach_fail fails the attach)"
+            )
+        )
+    for pair in pairs:
+        source, destination = pair["source"], pair["destination"]
+        attachment = str(host_var(source, "ebs_attacher") or "")
+        if attachment not in EBS_ATTACHMENTS:
+            errors.append(
+                f"transfer=ebs cannot attach a volume to {source} (ebs_attacher={attachment!r}; "
+                f"one of {', '.join(EBS_ATTACHMENTS)}: EC2 instances, the namespaces lab); the "
+                "guest lab's QEMU guests have no EBS: use transfer=rsync or s3 there"
+            )
+        elif fault == "ebs_attach_fail" and attachment != "lab":
+            errors.append(
+                "inject_fault=ebs_attach_fail holds back the lab's device after the attach; on "
+                f"{source} (ebs_attacher={attachment}) EC2 presents the device itself"
+            )
+        if not host_var(source, "ebs_volume_id"):
+            errors.append(
+                f"transfer=ebs needs ebs_volume_id (the pair's volume) on {source}; Terraform's "
+                "same-AZ inventory sets it with create_ebs_volumes=true, the namespaces lab sets "
+                "its own"
+            )
+        for host in (source, destination):
+            if not host_var(host, "instance_id"):
+                errors.append(
+                    f"transfer=ebs needs instance_id of {host} (the EC2 instance the volume is "
+                    "attached to); Terraform's inventories and the namespaces lab set it"
+                )
+        zones = {host: host_var(host, "availability_zone") for host in (source, destination)}
+        if all(zones.values()) and zones[source] != zones[destination]:
+            errors.append(
+                f"transfer=ebs cannot move a volume from {source} ({zones[source]}) to "
+                f"{destination} ({zones[destination]}): an EBS volume lives in one availability "
+                "zone and attaches only to instances there; across zones use transfer=rsync, "
+                "s3 or efs (inventories/aws_same_az works with ebs)"
+            )
+    return errors
+
+
 # The options that say how a transfer reaches the destination, as an Ansible argument spec:
 # the checkpoint_transfer module takes them at its top level, predump_loop and the fused
 # critical path as a `transfer` dict. `request_from_options` turns them into a request.
@@ -944,17 +1548,40 @@ TRANSFER_OPTIONS: dict[str, dict[str, Any]] = {
     "compress_level": {"type": "int", "default": 3},
     "efs_path": {"type": "path"},
     "efs_dir": {"type": "path"},
+    "s3_bucket": {"type": "str"},
+    "s3_prefix": {"type": "str"},
+    "s3_endpoint_url": {"type": "str"},
+    "s3_part_size_mb": {"type": "int", "default": 8},
+    "s3_max_concurrency": {"type": "int", "default": 10},
+    "ebs_volume_id": {"type": "str"},
+    "ebs_mount_path": {"type": "path"},
+    "ebs_dir": {"type": "path"},
+    "ebs_timeout_s": {"type": "float", "default": 300.0},
+}
+# How a module reaches AWS's APIs (transfer=s3 / ebs), an argument spec beside `transfer`:
+# boto3's standard chain decides everything left empty (the instance profile on EC2).
+# `credentials` is no_log: Ansible masks its values in every result and log.
+AWS_OPTIONS: dict[str, dict[str, Any]] = {
+    "region": {"type": "str"},
+    "environment": {"type": "dict", "default": {}},
+    "credentials": {"type": "dict", "default": {}, "no_log": True},
+    "tools_dir": {"type": "path"},
 }
 
 
 def request_from_options(
-    options: dict[str, Any], paths: Sequence[str], **fields: Any
+    options: dict[str, Any],
+    paths: Sequence[str],
+    aws: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> TransferRequest:
-    """A TransferRequest from TRANSFER_OPTIONS-shaped options (None: the option's default)."""
+    """A TransferRequest from TRANSFER_OPTIONS-shaped options (None: the option's default)
+    and, for s3 / ebs, the AWS_OPTIONS-shaped `aws` (environment, tools)."""
     given = {
         key: options.get(key) if options.get(key) is not None else spec.get("default")
         for key, spec in TRANSFER_OPTIONS.items()
     }
+    aws = aws or {}
     return TransferRequest(
         paths=list(paths),
         method=str(given["method"]),
@@ -968,5 +1595,16 @@ def request_from_options(
         compress_level=int(given["compress_level"]),
         efs_path=str(given["efs_path"] or ""),
         efs_dir=str(given["efs_dir"] or ""),
+        s3_bucket=str(given["s3_bucket"] or ""),
+        s3_prefix=str(given["s3_prefix"] or ""),
+        s3_endpoint_url=str(given["s3_endpoint_url"] or ""),
+        s3_part_size_mb=int(given["s3_part_size_mb"]),
+        s3_max_concurrency=int(given["s3_max_concurrency"]),
+        ebs_volume_id=str(given["ebs_volume_id"] or ""),
+        ebs_mount_path=str(given["ebs_mount_path"] or ""),
+        ebs_dir=str(given["ebs_dir"] or ""),
+        ebs_timeout_s=float(given["ebs_timeout_s"]),
+        tools_dir=str(aws.get("tools_dir") or ""),
+        env=aws_environment(aws),
         **fields,
     )

@@ -7,7 +7,10 @@ Controller-side; PyYAML is imported lazily so the pure parts also run on bare no
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +45,143 @@ class Workload:
     deps: dict[str, list[str]] = field(default_factory=dict)
     criu: dict[str, Any] = field(default_factory=dict)
     continuity: dict[str, Any] = field(default_factory=dict)
+    # checks across parameters (`checks:` in the declaration), each refused with its message
+    checks: tuple[Check, ...] = ()
 
 
 class DeclarationError(ValueError):
     """A workload declaration that cannot be used."""
+
+
+# What a check's expression may use: numbers, strings, the workload's parameter names,
+# arithmetic, comparisons and and/or/not. It is interpreted node by node (never eval'd), so
+# a declaration cannot run code; `**` is left out (10 ** 10 ** 10 would never finish).
+_BINARY: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
+_UNARY: dict[type, Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+    ast.Not: operator.not_,
+}
+_COMPARE: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """A condition over several parameters (`checks: [{expr: ..., message: ...}]`)."""
+
+    expr: str
+    message: str
+    names: tuple[str, ...]
+    tree: ast.Expression = field(compare=False, repr=False)
+
+    def holds(self, values: dict[str, Any]) -> bool:
+        return bool(_evaluate(self.tree.body, values))
+
+
+# Every node a check's syntax tree may hold (checked before any evaluation, so that a
+# branch that and/or would skip cannot hide anything else).
+_ALLOWED_NODES: tuple[type, ...] = (
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.BoolOp,
+    ast.Compare,
+    ast.Name,
+    ast.Constant,
+    ast.Load,
+    ast.And,
+    ast.Or,
+    *_BINARY,
+    *_UNARY,
+    *_COMPARE,
+)
+
+
+def _evaluate(node: ast.AST, values: dict[str, Any]) -> Any:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float | str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return values[node.id]
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        return _BINARY[type(node.op)](_evaluate(node.left, values), _evaluate(node.right, values))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_evaluate(node.operand, values))
+    if isinstance(node, ast.BoolOp):
+        results = (_evaluate(value, values) for value in node.values)
+        return all(results) if isinstance(node.op, ast.And) else any(results)
+    if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
+        left = _evaluate(node.left, values)
+        for op, comparator in zip(node.ops, node.comparators, strict=True):
+            right = _evaluate(comparator, values)
+            if not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
+    raise ValueError(f"{ast.unparse(node)!r} is not allowed in a check")
+
+
+def parse_check(spec: Any, params: dict[str, Param], source: str) -> Check:
+    """A declaration's check, its expression parsed and its names checked (not evaluated)."""
+    if not isinstance(spec, dict) or not spec.get("expr") or not spec.get("message"):
+        raise DeclarationError(f"{source}: a check is a mapping with expr and message")
+    expr = str(spec["expr"])
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError as exc:
+        raise DeclarationError(f"{source}: check {expr!r} does not parse: {exc.msg}") from exc
+    for node in ast.walk(tree):
+        constant = not isinstance(node, ast.Constant) or isinstance(node.value, int | float | str)
+        if not isinstance(node, _ALLOWED_NODES) or not constant:
+            shown = ast.unparse(node) if isinstance(node, ast.expr) else type(node).__name__
+            raise DeclarationError(
+                f"{source}: check {expr!r}: {shown!r} is not allowed in a check (numbers, "
+                "text, parameter names, + - * / // %, comparisons, and / or / not)"
+            )
+    names = tuple(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name)))
+    unknown = [name for name in names if name not in params]
+    if unknown:
+        raise DeclarationError(
+            f"{source}: check {expr!r} names {', '.join(unknown)}, not a parameter "
+            f"(valid: {', '.join(params)})"
+        )
+    check = Check(expr, str(spec["message"]), names, tree)
+    try:
+        check.holds({name: param.default for name, param in params.items()})
+    except (ValueError, TypeError, ZeroDivisionError) as exc:
+        raise DeclarationError(f"{source}: check {expr!r}: {exc}") from exc
+    return check
+
+
+def check_errors(workload: Workload, values: dict[str, Any]) -> list[str]:
+    """The declaration's checks that `values` (typed, every parameter) break."""
+    errors: list[str] = []
+    for check in workload.checks:
+        try:
+            ok = check.holds(values)
+        except (TypeError, ZeroDivisionError) as exc:
+            ok, why = False, f" ({exc})"
+        else:
+            why = ""
+        if not ok:
+            given = ", ".join(f"{name}={values[name]}" for name in check.names)
+            errors.append(
+                f"workload {workload.name}: {given} breaks {check.expr}{why}: {check.message}"
+            )
+    return errors
 
 
 def parse_declaration(data: dict[str, Any], source: str = "<declaration>") -> Workload:
@@ -74,6 +210,16 @@ def parse_declaration(data: dict[str, Any], source: str = "<declaration>") -> Wo
             choices=tuple(spec.get("choices") or ()),
             pattern=str(spec.get("pattern", "")),
         )
+    # criu.runs_as: {process name: user} for the processes of the tree that do not run as root
+    # (the node checks refuse them where root lacks CAP_SYS_RESOURCE, which their dump needs)
+    runs_as = (data.get("criu") or {}).get("runs_as", {})
+    if not isinstance(runs_as, dict) or not all(
+        isinstance(user, str | int) and str(user).strip() for user in runs_as.values()
+    ):
+        raise DeclarationError(
+            f"{source}: criu.runs_as maps process names to the user each runs as "
+            f"({{postgres: postgres}}), not {runs_as!r}"
+        )
     workload = Workload(
         name=str(data["name"]),
         script=str(data["script"]),
@@ -82,11 +228,15 @@ def parse_declaration(data: dict[str, Any], source: str = "<declaration>") -> Wo
         deps={key: list(value or []) for key, value in (data.get("deps") or {}).items()},
         criu=dict(data.get("criu") or {}),
         continuity=dict(data.get("continuity") or {}),
+        checks=tuple(parse_check(spec, params, source) for spec in data.get("checks") or ()),
     )
     for param in params.values():
         errors = param_errors(param, param.default)
         if errors:
             raise DeclarationError(f"{source}: default of {param.name}: {errors[0]}")
+    broken = check_errors(workload, {name: param.default for name, param in params.items()})
+    if broken:
+        raise DeclarationError(f"{source}: the defaults break a check: {broken[0]}")
     return workload
 
 
@@ -177,6 +327,8 @@ def resolve_params(
             errors.extend(f"workload {workload.name}: {problem}" for problem in problems)
             continue
         values[name] = coerce(param, value)
+    if not errors:
+        errors = check_errors(workload, values)
     return values, errors
 
 

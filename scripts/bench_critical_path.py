@@ -14,9 +14,10 @@ the page server) between the local lab's two hosts:
 
 One interleaved session after a warm-up (the lab's VM hands freed memory back to its host;
 touching it again is slower: docs/lab.md): every round runs every combination, in an order
-rotated by one per round. Then the parallel section: one migrate.yml over three pairs
-(`LAB_PAIRS=3`, 256 MiB each), all at once against `pairs_at_once=1` (the migrate play at
-serial: 1), from the first dump's start to the last restore's end.
+rotated by one per round. Then the parallel section, on a three-pair lab of its own beside
+the default one (prefix crbench, 10.78.0.0/24): one migrate.yml over the three pairs (256 MiB
+each), all at once against `pairs_at_once=1` (the migrate play at serial: 1), from the
+first dump's start to the last restore's end.
 
 Prints a table (median, min, max of the downtime and of each phase) and the lines
 `ratio fused/floor <size> <mode>: X.XX`, `ratio stepwise/floor ...` and
@@ -172,7 +173,12 @@ def floor_run(lab: Lab, size_mb: int, mode: str, index: int) -> dict[str, Any]:
 
 
 def suite_run(
-    root: Path, size_mb: int, mode: str, path: str, extra: dict[str, Any] | None = None
+    root: Path,
+    size_mb: int,
+    mode: str,
+    path: str,
+    extra: dict[str, Any] | None = None,
+    inventory: str | None = None,
 ) -> list[dict[str, Any]]:
     """One migrate.yml; the metrics of each pair it migrated."""
     runs = root / "runs"
@@ -189,6 +195,8 @@ def suite_run(
         **(extra or {}),
     }
     argv = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "migrate.yml"]
+    if inventory:
+        argv += ["-i", inventory]
     for key, value in variables.items():
         argv += ["-e", f"{key}={json.dumps(value) if isinstance(value, bool) else value}"]
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
@@ -225,15 +233,26 @@ def span_s(pairs: list[dict[str, Any]]) -> float:
     return max(ends) - min(starts)
 
 
-def lab_up(pairs: int) -> None:
+# The parallel section's own three-pair lab, beside the default one (which stays as it is).
+PARALLEL_LAB = {
+    "lab_prefix": "crbench",
+    "lab_subnet": "10.78.0.0/24",
+    "lab_dir": str(REPO / ".cache" / "bench-lab"),
+    "lab_inventory": str(REPO / ".cache" / "bench-lab" / "hosts.yml"),
+}
+
+
+def lab_playbook(state: str, pairs: int = 1, lab: dict[str, str] | None = None) -> None:
     argv = [
         str(REPO / ".venv" / "bin" / "ansible-playbook"), "playbooks/lab.yml",
-        "-e", "lab_state=present", "-e", f"lab_pairs={pairs}",
+        "-e", f"lab_state={state}", "-e", f"lab_pairs={pairs}",
     ]  # fmt: skip
+    for key, value in (lab or {}).items():
+        argv += ["-e", f"{key}={value}"]
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if proc.returncode:
-        raise SystemExit(f"lab-up with {pairs} pairs failed:\n{proc.stdout[-3000:]}")
+        raise SystemExit(f"lab {state} with {pairs} pairs failed:\n{proc.stdout[-3000:]}")
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -339,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = REPO / "results" / "bench" / stamp
     out.mkdir(parents=True, exist_ok=True)
-    lab_up(1)
+    lab_playbook("present")
     lab = Lab()
     combos = [
         (size, mode, variant) for size in args.sizes for mode in args.modes for variant in VARIANTS
@@ -365,23 +384,20 @@ def main(argv: list[str] | None = None) -> int:
 
     parallel: dict[str, Any] = {}
     if args.parallel_rounds:
-        lab_up(3)
+        lab_playbook("present", 3, PARALLEL_LAB)
         try:
             spans: dict[str, list[float]] = {"parallel3": [], "sequential3": []}
             for round_index in range(args.parallel_rounds + 1):
-                order = (
-                    ["parallel3", "sequential3"]
-                    if round_index % 2 == 0
-                    else ["sequential3", "parallel3"]
-                )
-                for variant in order:
+                order = ["parallel3", "sequential3"]
+                for variant in order if round_index % 2 == 0 else order[::-1]:
                     at_once = 0 if variant == "parallel3" else 1
-                    pairs = suite_run(out, 256, "full", "fused", {"pairs_at_once": at_once})
+                    pairs = suite_run(
+                        out, 256, "full", "fused", {"pairs_at_once": at_once},
+                        PARALLEL_LAB["lab_inventory"],
+                    )  # fmt: skip
                     span = span_s(pairs)
-                    print(
-                        f"{'warm-up' if round_index == 0 else f'round {round_index}':8} {variant:11} {span:6.2f} s",
-                        file=sys.stderr,
-                    )
+                    label = "warm-up" if round_index == 0 else f"round {round_index}"
+                    print(f"{label:8} {variant:11} {span:6.2f} s", file=sys.stderr)
                     if round_index:
                         spans[variant].append(span)
             parallel = {name: summarize(values) for name, values in spans.items()}
@@ -390,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{parallel['parallel3']['median'] / parallel['sequential3']['median']:.2f}"
             )
         finally:
-            lab_up(1)
+            lab_playbook("absent", 3, PARALLEL_LAB)
 
     chart(results, out / "critical_path.png")
     (out / "bench.json").write_text(

@@ -18,6 +18,14 @@ run by the suite's own backend code (module_utils/transfer_backends.py) on the s
   efs write / read   the image written into the shared directory from the source (fsync'd,
                      then dropped from the page cache) and read back on the destination:
                      what a dump to and a restore from the share pay instead of a copy
+  s3                 S3Backend: the upload from the source (multipart, the suite's part size
+                     and concurrency: AWS's defaults) and the download on the destination,
+                     against the lab's S3 (moto in server mode on the bridge: an emulator,
+                     not S3; docs/transfer.md)
+  ebs                EbsBackend's path: the image written onto the pair's volume on the source
+                     (fsync'd), the volume unmounted, moved by the control node (EC2 API
+                     against the lab's moto, a loop device in the lab) and mounted on the
+                     destination, which reads it all back
 
 The lab's VM hands freed memory back to its host and touching it again is slower (docs/lab.md),
 so one warm-up round runs first (not reported) and the variants are interleaved: each
@@ -44,15 +52,19 @@ sys.path.insert(0, str(REPO / "module_utils"))
 from lab_hosts import LabHosts  # noqa: E402
 from transfer_backends import (  # noqa: E402
     RsyncBackend,
+    S3Backend,
     TransferRequest,
     ZstdSshBackend,
     compare_manifest,
     manifest_of_files,
+    mount_volume,
     payload_of,
     regular_files,
+    request_from_options,
     rsync_argv,
     ssh_command,
     transfer_send,
+    unmount_volume,
 )
 
 NODE_DIR = "/var/lib/criu-migration/bench-transfer"  # node-local disk (tmpfs in the lab)
@@ -74,7 +86,12 @@ VARIANTS = [
     "zstd aes128-gcm",
     "verify aes128-gcm",
     "efs",
+    "s3",
+    "ebs",
 ]
+S3_PREFIX = "criu-migration/bench-transfer"
+EBS_MOUNT = "/mnt/criu-ebs"
+EBS_DIR = f"{EBS_MOUNT}/bench-transfer"
 WORKLOADS = {
     # ~512 MiB: four 128 MB blocks (one byte written per page, the rest zero)
     "memory": {"mb_size": 128, "interval": 0.3, "max_memory": 512},
@@ -98,9 +115,40 @@ def node_request(args: argparse.Namespace, paths: list[str]) -> TransferRequest:
     )
 
 
-def run(argv: list[str]) -> tuple[int, str, str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
+def run(argv: list[str], stdin: bytes | None = None) -> tuple[int, str, str]:
+    if stdin is None:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+    raw = subprocess.run(argv, input=stdin, capture_output=True, check=False)
+    return raw.returncode, raw.stdout.decode(), raw.stderr.decode()
+
+
+def s3_request(args: argparse.Namespace, paths: list[str]) -> Any:
+    """The S3 backend's request against the lab's S3, its throwaway credentials read here
+    from the lab's file (this host shares the control node's filesystem)."""
+    credentials = json.loads(Path(args.aws_file).read_text())
+    aws = {
+        "region": "us-east-1",
+        "environment": {"AWS_EC2_METADATA_DISABLED": "true"},
+        "credentials": credentials,
+        "tools_dir": str(REPO / "tools"),
+    }
+    options = {
+        "method": "s3",
+        "s3_bucket": args.bucket,
+        "s3_prefix": S3_PREFIX,
+        "s3_endpoint_url": args.endpoint,
+    }
+    return request_from_options(options, paths, aws, stage="bench")
+
+
+def read_all(root: str) -> int:
+    total = 0
+    for path in regular_files([root]):
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                total += len(chunk)
+    return total
 
 
 def fsync_copy(source: str, target: str) -> None:
@@ -168,6 +216,16 @@ def node_main(args: argparse.Namespace) -> dict[str, Any]:
                 target = f"{SHARED_DIR}{path}"
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 fsync_copy(path, target)
+        elif kind == "s3":
+            result = S3Backend().send(s3_request(args, paths), run)
+            extra["upload"] = result.extra["s3"]["upload"]
+        elif kind == "ebs":  # the dump's part: onto the volume (mounted here by "ebs-mount")
+            for path in regular_files(paths):
+                target = f"{EBS_DIR}{path}"
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                fsync_copy(path, target)
+            extra["write_s"] = time.monotonic() - t0
+            extra["unmount"] = unmount_volume(EBS_MOUNT, run)
         else:
             raise SystemExit(f"unknown variant {args.variant!r}")
         return {"seconds": time.monotonic() - t0, "bytes": size, "files": files, **extra}
@@ -176,6 +234,28 @@ def node_main(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         problems = compare_manifest(manifest, manifest_of_files(manifest))
         return {"seconds": time.monotonic() - t0, "problems": problems}
+    if args.node == "s3-receive":  # destination: the download to the same paths
+        shutil.rmtree(NODE_DIR, ignore_errors=True)
+        t0 = time.monotonic()
+        received = S3Backend().receive(s3_request(args, [img, work]), run)
+        seconds = time.monotonic() - t0
+        assert received is not None
+        S3Backend().remove_partial(s3_request(args, [img, work]), run)  # the bucket emptied
+        shutil.rmtree(NODE_DIR, ignore_errors=True)
+        return {"seconds": seconds, "download": received.extra["s3"]["download"]}
+    if args.node == "ebs-mount":  # mount the volume the control node attached here
+        t0 = time.monotonic()
+        figures = mount_volume(args.volume, EBS_MOUNT, 60, run, make_filesystem=True)
+        return {"seconds": time.monotonic() - t0, **figures}
+    if args.node == "ebs-read":  # destination: mount, read everything, clear, unmount
+        t0 = time.monotonic()
+        mount_volume(args.volume, EBS_MOUNT, 60, run)
+        mount_s = time.monotonic() - t0
+        total = read_all(EBS_DIR)
+        seconds = time.monotonic() - t0
+        shutil.rmtree(EBS_DIR, ignore_errors=True)
+        unmount_volume(EBS_MOUNT, run)
+        return {"seconds": seconds, "mount_s": mount_s, "bytes": total}
     if args.node == "efs-read":  # destination: read everything the source put on the share
         t0 = time.monotonic()
         total = 0
@@ -193,8 +273,44 @@ def node_main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class Lab(LabHosts):
+    def __init__(self, inventory: Path) -> None:
+        super().__init__(inventory)
+        import yaml
+
+        data = yaml.safe_load(inventory.read_text())
+        self.vars = data["all"]["vars"]
+        hosts = data["all"]["children"]["lab"]["children"]
+        self.instances = {
+            side: hosts[side]["hosts"][side].get("instance_id")
+            for side in ("source", "destination")
+        }
+        self.volume = hosts["source"]["hosts"]["source"].get("ebs_volume_id")
+
     def node(self, address: str, *node_args: str) -> dict[str, Any]:  # type: ignore[override]
         return super().node(address, Path(__file__).resolve(), *node_args)
+
+    def aws_args(self) -> list[str]:
+        return [
+            "--aws-file", self.vars["lab_aws_credentials_file"],
+            "--endpoint", self.vars["lab_aws_endpoint_url"],
+            "--bucket", self.vars["lab_s3_bucket"],
+            "--volume", str(self.volume),
+        ]  # fmt: skip
+
+    def volumes(self) -> Any:
+        """The lab's attach (module_utils/ebs_attach.py) on its EC2 API, from here."""
+        import boto3
+        from ebs_attach import LabVolumes
+
+        credentials = json.loads(Path(self.vars["lab_aws_credentials_file"]).read_text())
+        ec2 = boto3.client(
+            "ec2",
+            endpoint_url=self.vars["lab_aws_endpoint_url"],
+            region_name="us-east-1",
+            aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        )
+        return LabVolumes(ec2, self.vars["lab_ebs_backing_dir"], poll_s=0.05)
 
 
 def make_image(workload: str) -> Path:
@@ -223,8 +339,28 @@ def make_image(workload: str) -> Path:
 def measure(lab: Lab, variant: str, manifest: Path) -> dict[str, Any]:
     lab.node(lab.destination, "clear")
     common = ["--dest", lab.destination, "--key", lab.key, "--known-hosts", lab.known_hosts]
+    if variant in ("s3", "ebs"):
+        common += lab.aws_args()
+    if variant == "ebs":  # before the clock: the volume on the source, mounted
+        lab.volumes().move(str(lab.volume), lab.instances["source"], 60)
+        lab.node(lab.source, "ebs-mount", *common)
     sent = lab.node(lab.source, "send", "--variant", variant, "--manifest", str(manifest), *common)
     result = {"variant": variant, **sent}
+    if variant == "s3":
+        received = lab.node(lab.destination, "s3-receive", *common)
+        result["send_s"], result["receive_s"] = sent["seconds"], received["seconds"]
+        result["download"] = received["download"]
+        result["seconds"] = sent["seconds"] + received["seconds"]
+    if variant == "ebs":
+        t0 = time.monotonic()
+        steps = lab.volumes().move(str(lab.volume), lab.instances["destination"], 60)
+        move_s = time.monotonic() - t0
+        read = lab.node(lab.destination, "ebs-read", *common)
+        lab.volumes().detach(str(lab.volume), 60)  # it rests detached
+        result["move_s"], result["read_s"] = move_s, read["seconds"]
+        result["steps"] = steps
+        result["umount_s"] = sent["unmount"].get("sync_s", 0) + sent["unmount"].get("umount_s", 0)
+        result["seconds"] = sent["seconds"] + move_s + read["seconds"]
     if variant.startswith("verify"):
         check = lab.node(lab.destination, "check", "--manifest", str(manifest))
         if check["problems"]:
@@ -237,6 +373,15 @@ def measure(lab: Lab, variant: str, manifest: Path) -> dict[str, Any]:
         result["seconds"] = sent["seconds"] + read["seconds"]
     result["mb_s"] = result["bytes"] / 1e6 / result["seconds"]
     return result
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def step_mb_s(runs: list[dict[str, Any]], seconds_key: str) -> float:
+    """One step's rate: the image's size over that step's median seconds."""
+    return runs[0]["bytes"] / 1e6 / median_of(runs, seconds_key)
 
 
 def table(results: list[dict[str, Any]], variants: list[str]) -> str:
@@ -262,19 +407,33 @@ def table(results: list[dict[str, Any]], variants: list[str]) -> str:
         notes = ""
         runs = [r for r in results if r["variant"] == variant]
         if variant.startswith("zstd"):
-            ratio_c = statistics.median(r["compression"]["ratio"] for r in runs)
-            notes = f"compression ratio {ratio_c:.1f}, compressed MB/s {statistics.median(r['compression']['compressed_mb_s'] for r in runs):.1f}"
+            compression = [r["compression"] for r in runs]
+            notes = (
+                f"compression ratio {median_of(compression, 'ratio'):.1f}, "
+                f"compressed MB/s {median_of(compression, 'compressed_mb_s'):.1f}"
+            )
         elif variant.startswith("verify"):
             notes = (
-                f"send {statistics.median(r['send_s'] for r in runs):.2f}s (source sha256 "
-                f"{statistics.median(r['source_hash_s'] for r in runs):.2f}s alongside), "
-                f"destination check {statistics.median(r['check_s'] for r in runs):.2f}s"
+                f"send {median_of(runs, 'send_s'):.2f}s (source sha256 "
+                f"{median_of(runs, 'source_hash_s'):.2f}s alongside), "
+                f"destination check {median_of(runs, 'check_s'):.2f}s"
             )
         elif variant == "efs":
-            size = runs[0]["bytes"] / 1e6
             notes = (
-                f"write+fsync {size / statistics.median(r['write_s'] for r in runs):.0f} MB/s, "
-                f"read {size / statistics.median(r['read_s'] for r in runs):.0f} MB/s"
+                f"write+fsync {step_mb_s(runs, 'write_s'):.0f} MB/s, "
+                f"read {step_mb_s(runs, 'read_s'):.0f} MB/s"
+            )
+        elif variant == "s3":
+            notes = (
+                f"upload {step_mb_s(runs, 'send_s'):.0f} MB/s, "
+                f"download {step_mb_s(runs, 'receive_s'):.0f} MB/s "
+                f"({runs[0]['upload']['parts']} parts; emulator)"
+            )
+        elif variant == "ebs":
+            notes = (
+                f"write+fsync {step_mb_s(runs, 'write_s'):.0f} MB/s, "
+                f"umount {median_of(runs, 'umount_s'):.2f}s, move {median_of(runs, 'move_s'):.2f}s, "
+                f"mount+read {step_mb_s(runs, 'read_s'):.0f} MB/s (emulated attach)"
             )
         lines.append(
             f"{variant:28} {statistics.median(rates):11.1f} "
@@ -294,7 +453,10 @@ def main() -> int:
     )
     # node side
     parser.add_argument("--node", help=argparse.SUPPRESS)
-    for name in ("--variant", "--dest", "--key", "--known-hosts", "--manifest"):
+    for name in (
+        "--variant", "--dest", "--key", "--known-hosts", "--manifest",
+        "--aws-file", "--endpoint", "--bucket", "--volume",
+    ):  # fmt: skip
         parser.add_argument(name, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.node:

@@ -43,12 +43,13 @@ done
 # -- what goes into the guest ---------------------------------------------------------
 # Node side of the suite: Ansible's python3, sshd, rsync and zstd (transfers), strace (output
 # capture), iproute2 (ss: port checks), kmod, procps, nftables (CRIU's network lock for
-# --tcp-established), python3-venv (the workloads' venv); workloads: numpy (matmul,
+# --tcp-established), python3-venv (the workloads' venv), python3-boto3 (transfer=s3's
+# tools/s3_transfer.py); workloads: numpy (matmul,
 # dataproc), redis-server + python3-redis (redis). Not torch (ml_training) nor, by
 # default, ffmpeg (video): too big for a lab image.
 PACKAGES=(
   python3 python3-venv openssh-server openssh-sftp-server rsync zstd strace iproute2 kmod procps
-  nftables python3-numpy python3-redis redis-server
+  nftables python3-numpy python3-redis redis-server python3-boto3
 )
 # CRIU's runtime libraries: the packages of what `ldd` finds for the binary on this (Debian
 # 12) machine. Debian's own criu package is not installed, so nothing shadows ours.

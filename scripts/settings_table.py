@@ -12,6 +12,7 @@ defaults from group_vars/all.yml, the built-in lab's own values from group_vars/
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,16 @@ END = "<!-- end of the settings table -->"
 def _value(value: Any) -> str:
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if value == "":
+        return "(empty)"
+    if isinstance(value, str) and "{{" in value:
+        # a default Ansible computes: say where it comes from (a template's | would also
+        # break the table)
+        env = re.search(r"lookup\('(?:ansible\.builtin\.)?env',\s*'(\w+)'\)", value)
+        if env:
+            return f"`${env.group(1)}`"
+        variable = re.search(r"\{\{\s*(\w+)", value)
+        return f"its inventory's `{variable.group(1)}`" if variable else "computed"
     return f"`{value}`"
 
 

@@ -17,11 +17,12 @@ fi
 
 # Debian packages: the lab (sshd, namespaces, bridge), the transfers (rsync, zstd), output
 # capture (strace), CRIU's network lock (nftables), the workloads' real parts (redis-server,
-# ffmpeg, numpy and the redis client for the nodes' /usr/bin/python3), the guest lab
+# ffmpeg, numpy and the redis client for the nodes' /usr/bin/python3), boto3 for the nodes'
+# S3 transfer tool (/usr/bin/python3), the guest lab
 # (qemu, debootstrap) and Python's venv.
 APT_PACKAGES=(
   openssh-server openssh-client rsync zstd strace nftables iproute2 procps psmisc util-linux
-  redis-server ffmpeg python3 python3-venv python3-numpy python3-redis
+  redis-server ffmpeg python3 python3-venv python3-numpy python3-redis python3-boto3
   qemu-system-x86 qemu-utils debootstrap e2fsprogs cpio busybox-static
   ca-certificates xz-utils
 )

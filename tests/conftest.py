@@ -18,8 +18,12 @@ turned into failures), then one line per reason with its count.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
+import socket
+import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +75,16 @@ def _alias_module_utils() -> None:
 
 
 _alias_module_utils()
+
+
+@pytest.fixture(autouse=True)
+def _restore_umask() -> Iterator[None]:
+    """A node module run in-process sets the experiment's private umask for its whole
+    process (module_utils/private_files.py): every test starts with the session's."""
+    session_umask = os.umask(0o022)
+    os.umask(session_umask)
+    yield
+    os.umask(session_umask)
 
 
 def in_ci() -> bool:
@@ -159,3 +173,145 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"{count} skipped: {reason}")
     for reason, count in Counter(failed).most_common():
         terminalreporter.write_line(f"{count} failed (skipped under CI=true): {reason}")
+
+
+# -- no test, and no process a test starts, may ask the cloud metadata service ----------------
+# (169.254.169.254 and the rest of the link-local range, EC2's IPv6 fd00:ec2::254): boto3 in
+# this process and in every subprocess (ansible-playbook, the modules it runs here) is told
+# not to look there, and a connection attempt from this process fails the test that made it.
+METADATA_NETWORKS = (
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fd00:ec2::/32"),
+)
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+
+class MetadataGuard:
+    """Connection attempts to the metadata networks made by this test session."""
+
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+
+    @staticmethod
+    def forbidden(address: Any) -> bool:
+        host = address[0] if isinstance(address, tuple) and address else None
+        try:
+            ip = ipaddress.ip_address(str(host).split("%")[0])
+        except ValueError:
+            return False
+        return any(ip in network for network in METADATA_NETWORKS)
+
+
+METADATA_GUARD = MetadataGuard()
+_socket_connect = socket.socket.connect
+_socket_connect_ex = socket.socket.connect_ex
+
+
+def _guarded(real: Any) -> Any:
+    def connect(self: socket.socket, address: Any) -> Any:
+        if METADATA_GUARD.forbidden(address):
+            METADATA_GUARD.attempts.append(f"{address}")
+            raise ConnectionRefusedError(
+                f"tests/conftest.py: a connection to the cloud metadata address {address} was "
+                "attempted; no test may ever query it"
+            )
+        return real(self, address)
+
+    return connect
+
+
+socket.socket.connect = _guarded(_socket_connect)  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded(_socket_connect_ex)  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def metadata_guard() -> MetadataGuard:
+    """The session's guard, for a test that checks it (and clears what it recorded)."""
+    return METADATA_GUARD
+
+
+@pytest.fixture(autouse=True)
+def _no_metadata_access() -> Iterator[None]:
+    before = len(METADATA_GUARD.attempts)
+    yield
+    made = METADATA_GUARD.attempts[before:]
+    if made:
+        del METADATA_GUARD.attempts[before:]
+        pytest.fail(f"the test connected (or tried to) to the cloud metadata address: {made}")
+
+
+# -- the labs' end: once per session, after every worker ----------------------------------------
+# tests/integration/conftest.py brings the labs up, from whichever pytest-xdist worker needs
+# one first, and marks each lab it made in SESSION_DIR. The controlling process (the only
+# one without xdist) outlives the workers, so it takes them down here.
+SESSION_DIR = REPO / ".cache" / "test-session"
+GUEST_LAB_DIR = REPO / ".lab" / "guest"
+GUEST_INVENTORY = REPO / "inventories" / "lab_guest" / "hosts.yml"
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not _is_worker(session.config):
+        SESSION_DIR.mkdir(parents=True, exist_ok=True)
+        for mark in SESSION_DIR.glob("made-*"):
+            mark.unlink()
+
+
+def _lab_down(*extra: str) -> None:
+    subprocess.run(
+        [str(REPO / ".venv" / "bin" / "ansible-playbook"), "playbooks/lab.yml",
+         "-e", "lab_state=absent", *extra],
+        cwd=REPO,
+        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )  # fmt: skip
+
+
+def guest_lab_leftovers() -> list[str]:
+    """QEMU processes, links and disks of the guest lab that are still there."""
+    left: list[str] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if any(arg.startswith(str(GUEST_LAB_DIR / "hosts")) for arg in argv):
+                left.append(f"process {entry.name}: {' '.join(argv)[:120]}")
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    left += [
+        f"link {line.split(':')[1].strip()}"
+        for line in links.splitlines()
+        if line.split(":")[1].strip().split("@")[0].startswith("crlabg")
+    ]
+    left += [
+        f"file {path}"
+        for pattern in ("hosts/*/disk.qcow2", "hosts/*/config.tar", "state.json")
+        for path in GUEST_LAB_DIR.glob(pattern)
+    ]
+    if GUEST_INVENTORY.exists():
+        left.append(f"file {GUEST_INVENTORY}")
+    return left
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The labs this session made go down (unless KEEP_LAB=1); the guest lab must leave
+    nothing behind (no QEMU process, tap, bridge or overlay)."""
+    if _is_worker(session.config) or os.environ.get("KEEP_LAB"):
+        return
+    if (SESSION_DIR / "made-namespaces").exists():
+        _lab_down()
+    if (SESSION_DIR / "made-guest").exists():
+        t0 = time.monotonic()
+        _lab_down("-e", "lab_flavour=guest")
+        left = guest_lab_leftovers()
+        print(
+            f"\n[guest lab] down in {time.monotonic() - t0:.1f} s; left behind: {left or 'nothing'}"
+        )
+        if left:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED

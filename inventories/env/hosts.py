@@ -5,6 +5,7 @@
     DEST_NODE_IP     address of the destination node  (required)
     SSH_USER         login on both nodes               (optional; group_vars/env.yml: ubuntu)
     SSH_KEY_FILE     private key for that login        (optional; group_vars/env.yml: ~/.ssh/id_ed25519)
+    EFS_MOUNT_PATH   where both nodes mount the shared filesystem (optional; transfer=efs)
 
 Hosts `source-node` and `destination-node`, in groups `source`, `destination` and `env`. Used as
 `-i inventories/env`; Ansible runs this script with `--list`. Standard library only.
@@ -23,7 +24,11 @@ from collections.abc import Mapping
 # Host names differ from the group names, which Ansible would warn about.
 HOSTS = {"source": "source-node", "destination": "destination-node"}
 ADDRESS_VARIABLES = {"source": "SOURCE_NODE_IP", "destination": "DEST_NODE_IP"}
-OPTIONAL_VARIABLES = {"SSH_USER": "ansible_user", "SSH_KEY_FILE": "ansible_ssh_private_key_file"}
+OPTIONAL_VARIABLES = {
+    "SSH_USER": "ansible_user",
+    "SSH_KEY_FILE": "ansible_ssh_private_key_file",
+    "EFS_MOUNT_PATH": "efs_mount_path",
+}
 HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )

@@ -1,6 +1,14 @@
 """Integration fixtures: the local lab and the soft-dirty guest lab, each brought up once
 per test session (and taken down at its end if the session made it, unless KEEP_LAB=1),
-and playbook runs via ansible-runner."""
+and playbook runs via ansible-runner.
+
+`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`). They share
+one lab of each flavour: the first worker that needs a lab brings it up under a file lock
+(the other finds it up), and the controlling process - the one that outlives every worker -
+takes it down at the end if this session made it. Tests that need one worker's undivided
+attention stay together (`xdist_group`): a module with a lab of its own or other
+module-scoped state runs on one worker, and every guest-lab test on one worker (two QEMU
+guests under TCG already take a core each)."""
 
 from __future__ import annotations
 
@@ -14,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
+
+# tests/integration/helpers.py holds checks the tests share: pytest shows their values too.
+pytest.register_assert_rewrite("helpers")
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -134,46 +146,55 @@ def run_playbook(
     )
 
 
+# The lock around a lab's bring-up, and a mark for each lab this session made: the
+# controlling process takes those down at its end (tests/conftest.py, pytest_sessionfinish).
+SESSION_DIR = REPO / ".cache" / "test-session"
+# Modules whose tests share module-scoped state of their own (a lab, a built CRIU, a
+# workload image, a Terraform plan): each runs whole on one worker.
+MODULES_ON_ONE_WORKER = {
+    "test_criu_role.py",
+    "test_lab.py",
+    "test_links.py",
+    "test_security.py",
+    "test_strace_capture_module.py",
+    "test_terraform_inventory.py",
+    "test_workloads.py",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("guest"):
+            item.add_marker(pytest.mark.xdist_group("guest_lab"))
+        elif item.path.name in MODULES_ON_ONE_WORKER:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+def _bring_up(flavour: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """lab.yml present for a flavour, once at a time; marks the lab as this session's when
+    this call created it."""
+    SESSION_DIR.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(SESSION_DIR / f"{flavour}.lock")):
+        proc = ansible_playbook(
+            "playbooks/lab.yml", "-e", f"lab_flavour={flavour}", "-e", "lab_state=present", *extra
+        )
+        if "created: none" not in proc.stdout:
+            (SESSION_DIR / f"made-{flavour}").touch()
+    return proc
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Path]:
-    """The suite's default local lab, up for the whole session (torn down if this made it)."""
-    proc = ansible_playbook("playbooks/lab.yml", "-e", "lab_state=present")
-    created = "created: none" not in proc.stdout
+    """The suite's default local lab, up for the whole session (torn down at its end if this
+    session made it)."""
+    _bring_up("namespaces")
     assert LAB_INVENTORY.exists()
     yield LAB_INVENTORY
-    if created and not os.environ.get("KEEP_LAB"):
-        ansible_playbook("playbooks/lab.yml", "-e", "lab_state=absent", check=False)
 
 
 def _say_guest_lab(message: str) -> None:
     print(f"[guest lab] {message}", flush=True)
-
-
-def guest_lab_leftovers() -> list[str]:
-    """QEMU processes, links and disks of the guest lab that are still there."""
-    left: list[str] = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            if any(arg.startswith(str(GUEST_LAB_DIR / "hosts")) for arg in argv):
-                left.append(f"process {entry.name}: {' '.join(argv)[:120]}")
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    left += [
-        f"link {line.split(':')[1].strip()}"
-        for line in links.splitlines()
-        if line.split(":")[1].strip().split("@")[0].startswith("crlabg")
-    ]
-    left += [
-        f"file {path}"
-        for pattern in ("hosts/*/disk.qcow2", "hosts/*/config.tar", "state.json")
-        for path in GUEST_LAB_DIR.glob(pattern)
-    ]
-    if GUEST_INVENTORY.exists():
-        left.append(f"file {GUEST_INVENTORY}")
-    return left
 
 
 @pytest.fixture(scope="session")
@@ -184,9 +205,7 @@ def guest_lab() -> Iterator[Path]:
     them it takes them down at its end and checks that nothing is left behind (no QEMU
     process, tap, bridge or overlay); KEEP_LAB=1 leaves them up."""
     t0 = time.monotonic()
-    proc = ansible_playbook(
-        "playbooks/lab.yml", "-e", "lab_flavour=guest", "-e", "lab_state=present"
-    )
+    proc = _bring_up("guest")
     built = "image built in" in proc.stdout
     created = "created: none" not in proc.stdout
     _say_guest_lab(
@@ -195,8 +214,109 @@ def guest_lab() -> Iterator[Path]:
     )
     assert GUEST_INVENTORY.exists()
     yield GUEST_INVENTORY
-    if created and not os.environ.get("KEEP_LAB"):
-        t1 = time.monotonic()
-        ansible_playbook("playbooks/lab.yml", "-e", "lab_flavour=guest", "-e", "lab_state=absent")
-        _say_guest_lab(f"down in {time.monotonic() - t1:.1f} s")
-        assert guest_lab_leftovers() == []
+
+
+# -- secrets: never in a results folder, a log or metrics.json (issue 17) ---------------------
+
+# What must never reach a result, whoever's secret it is (bytes: every file is read raw).
+SECRET_PATTERNS = {
+    "a PEM private key": rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----",
+    "a PEM certificate": rb"-----BEGIN CERTIFICATE-----",
+    "an AWS access key id": rb"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+    "an AWS secret key variable with a value": rb"(?i)aws_secret_access_key[\"' ]*[:=][\"' ]*[A-Za-z0-9/+]{16}",
+}
+# Literal secrets shorter than this are not looked for (they would match by chance).
+MIN_SECRET_LEN = 12
+
+
+def secret_literals(*paths: Path | str) -> list[bytes]:
+    """The secret strings in key and credential files, as they could leak: each base64 line
+    of a PEM or OpenSSH key (a leak escapes the newlines between them), each value of a JSON
+    credentials file (the lab's moto keys), or the whole content of anything else."""
+    found: list[bytes] = []
+    for path in map(Path, paths):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if data.lstrip().startswith(b"{"):
+            values = json.loads(data).values()
+            found += [str(value).encode() for value in values if isinstance(value, str)]
+        elif b"-----BEGIN" in data:
+            found += [line.strip() for line in data.splitlines() if not line.startswith(b"-----")]
+        else:
+            found.append(data.strip())
+    return [secret for secret in found if len(secret) >= MIN_SECRET_LEN]
+
+
+def lab_secrets(inventory: Path = LAB_INVENTORY) -> list[bytes]:
+    """The lab's own secrets, from its inventory: the SSH private key Ansible and the
+    transfers use, and the credentials of its S3 / EC2 stand-in (when it has one)."""
+    import yaml
+
+    top = (yaml.safe_load(Path(inventory).read_text()) or {}).get("all", {}).get("vars", {})
+    files = [top.get(name) for name in ("ansible_ssh_private_key_file", "migration_ssh_key")]
+    files.append(top.get("lab_aws_credentials_file"))
+    return secret_literals(*[path for path in files if path])
+
+
+def find_secrets(
+    folder: Path | None, secrets: Any = (), texts: Any = (), chunk: int = 8 << 20
+) -> list[str]:
+    """Where a secret shows up: every file under `folder` (binary ones too) and each of
+    `texts` (a run's output), against SECRET_PATTERNS and the literal `secrets` (str or
+    bytes). CRIU's page images (keep_images) are the workload's own memory, which may hold
+    certificates of its own (a CA bundle a library loaded): only the literal secrets are
+    looked for there. One line per finding: where, and what (never the secret itself)."""
+    import re
+
+    literals = [s.encode() if isinstance(s, str) else bytes(s) for s in secrets]
+    literals = [s for s in literals if len(s) >= MIN_SECRET_LEN]
+    checks = [(what, re.compile(pattern)) for what, pattern in SECRET_PATTERNS.items()]
+    checks += [
+        (f"secret #{n} given ({len(s)} bytes)", re.compile(re.escape(s)))
+        for n, s in enumerate(literals, 1)
+    ]
+    overlap = max([len(s) for s in literals] + [200])
+
+    def scan(where: str, blocks: Iterator[bytes], memory: bool = False) -> list[str]:
+        hits: list[str] = []
+        tail = b""
+        wanted = checks[len(SECRET_PATTERNS) :] if memory else checks
+        for block in blocks:
+            data = tail + block
+            hits += [f"{where}: {what}" for what, rx in wanted if rx.search(data)]
+            tail = data[-overlap:]
+        return sorted(set(hits))
+
+    def blocks_of(path: Path) -> Iterator[bytes]:
+        with path.open("rb") as handle:
+            while block := handle.read(chunk):
+                yield block
+
+    found: list[str] = []
+    if folder is not None and Path(folder).exists():
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                page_image = path.name.startswith("pages-") and path.suffix == ".img"
+                found += scan(str(path), blocks_of(path), memory=page_image)
+    for index, text in enumerate(texts):
+        found += scan(f"output #{index + 1}", iter([text.encode(errors="replace")]))
+    return found
+
+
+def assert_no_secrets(
+    folder: Path | None, secrets: Any = (), texts: Any = (), inventory: Path | None = None
+) -> int:
+    """Fail, naming the file and what was found, when a secret is in a results folder or a
+    run's output: key material, certificates, AWS keys, the given `secrets`, and with
+    `inventory` the lab's own (its SSH key, its S3 stand-in's credentials). Returns how many
+    files were read. Use it on every results folder a test makes:
+
+        run = run_playbook(tmp_path, "migrate.yml", {...})
+        assert_no_secrets(run.results_root, texts=[run.stdout], inventory=LAB_INVENTORY)
+    """
+    literals = [*secrets, *(lab_secrets(inventory) if inventory is not None else [])]
+    found = find_secrets(folder, literals, texts)
+    assert not found, "secrets in the results or the output:\n" + "\n".join(found)
+    return sum(1 for p in Path(folder).rglob("*") if p.is_file()) if folder else 0

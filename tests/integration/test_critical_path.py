@@ -14,33 +14,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import on_host, run_playbook
+from expected import CRITICAL_PATH_STEPS_DONE, journal_steps
+from helpers import SMALL_MEMORY, WORK_ROOT, epoch, failed_run, remove_experiment
 
 pytestmark = pytest.mark.lab
 
-SMALL_MEMORY = {
-    "workload": "memory",
-    "mb_size": 32,
-    "interval": 0.5,
-    "max_memory": 64,
-    "post_restore_capture_s": 2,
-}
 # phases of the three critical-path steps, as the metrics callback files their tasks
 STEP_PHASES = {"final_dump", "transfer", "restore"}
-
-
-def epoch(stamp: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-def journal_steps(results: Path) -> list[str]:
-    lines = (results / "source" / "critical-path.journal").read_text().splitlines()
-    return [json.loads(line)["step"] for line in lines]
 
 
 @pytest.mark.parametrize("path", ["fused", "stepwise"])
@@ -84,15 +67,9 @@ def test_downtime_is_on_one_clock_and_the_gap_is_recorded(
         assert "source" in critical["clock"] and critical["uncertainty_s"] == 0.0
         # the restore was timed on the source too: its record says so
         assert phases["restore"]["clock"] == "source"
-        assert journal_steps(results) == [
-            "prepared",
-            "dump started",
-            "dumped",
-            "transferred",
-            "restore started",
-            "restored",
-            "done",
-        ]
+        assert journal_steps(results / "source" / "critical-path.journal") == (
+            CRITICAL_PATH_STEPS_DONE
+        )
     else:
         # a task per step, and Ansible's time between them in the gap
         assert {t["phase"] for t in tasks} >= STEP_PHASES
@@ -114,15 +91,13 @@ def test_a_failed_restore_rolls_back_on_the_stepwise_path(lab: Path, tmp_path: P
         "migrate.yml",
         {**SMALL_MEMORY, "critical_path": "stepwise", "inject_fault": "restore_pid_busy"},
     )
-    assert run.rc != 0
-    results = run.only_results_dir()
-    metrics: dict[str, Any] = json.loads((results / "metrics.json").read_text())
+    results, metrics = failed_run(run)
     assert metrics["failure"]["phase"] == "restore"
     assert "File exists" in metrics["failure"]["msg"]
     journal = json.loads((results / "journal.json").read_text())
     assert journal["location"] == "source"
     experiment_id = metrics["experiment"]["id"]
-    work = f"/var/lib/criu-migration/work/{experiment_id}"
+    work = f"{WORK_ROOT}/{experiment_id}"
     try:
         running = on_host("source", f"pgrep -f '[s]tandalone.py --working-dir {work}' || true")
         assert str(metrics["workload"]["source_pid"]) in running.stdout
@@ -131,13 +106,7 @@ def test_a_failed_restore_rolls_back_on_the_stepwise_path(lab: Path, tmp_path: P
         )
         assert str(metrics["workload"]["source_pid"]) not in elsewhere.stdout.split("(stdout)")[-1]
     finally:
-        on_host(
-            "source",
-            f"rm -f {work}/checkpoint_flag; for i in $(seq 50); do "
-            f"pgrep -f '[s]tandalone.py --working-dir {work}' >/dev/null || break; sleep 0.2; "
-            f"done; rm -rf {work} /var/lib/criu-migration/images/{experiment_id}",
-        )
-        on_host("destination", f"rm -rf {work} /var/lib/criu-migration/images/{experiment_id}")
+        remove_experiment(experiment_id)
 
 
 def test_a_destination_the_source_cannot_log_in_to_is_refused_before_the_start(

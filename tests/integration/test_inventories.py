@@ -12,17 +12,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_ansible_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "inventories"
 ENV_INVENTORY = REPO / "inventories" / "env"
-ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
 # What ansible.cfg's [inventory] enable_plugins must say: seed_servers before yaml.
 ENABLED_PLUGINS = "host_list, script, auto, seed_servers, yaml, ini"
 NODE_VARIABLES = ("SOURCE_NODE_IP", "DEST_NODE_IP", "SSH_USER", "SSH_KEY_FILE")
@@ -60,15 +59,7 @@ def ansible_inventory(
         env["ANSIBLE_INVENTORY_PLUGINS"] = str(REPO / "inventory_plugins")
         env["ANSIBLE_INVENTORY_ENABLED"] = ENABLED_PLUGINS
     env.update(environ or {})
-    result = subprocess.run(
-        [ANSIBLE_INVENTORY, "-i", str(source), "--list"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_ansible_inventory(source, env)
     listing = json.loads(result.stdout) if result.stdout.strip() else {}
     return Inventory(result.returncode, listing, result.stderr)
 

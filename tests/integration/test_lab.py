@@ -44,10 +44,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 INIT_MARKER = "criu-lab-init"
-PRIVATE_MOUNTS = ("/run", "/root", "/tmp", "/var/log", "/var/lib/criu-migration")
+PRIVATE_MOUNTS = ("/run", "/root", "/tmp", "/var/log", "/var/lib/criu-migration", "/dev/shm")
 SHARED_MOUNT = "/mnt/criu-shared"
 SOURCE_FIRST_PID = 16000
-NAMESPACES = ("pid", "mnt", "net", "uts")
+NAMESPACES = ("pid", "mnt", "net", "uts", "ipc")
 
 # The default lab, which other tests use and which may be up right now.
 DEFAULT_LAB = {
@@ -521,7 +521,7 @@ def test_another_known_hosts_fails_host_key_verification(lab: Lab, tmp_path: Pat
 HOST_FACTS = (
     '/usr/bin/python3 -c "import json, os, socket; print(json.dumps({'
     "'hostname': socket.gethostname(), "
-    "'ns': {ns: os.readlink('/proc/self/ns/' + ns) for ns in ('pid', 'mnt', 'net', 'uts')}, "
+    "'ns': {ns: os.readlink('/proc/self/ns/' + ns) for ns in ('pid', 'mnt', 'net', 'uts', 'ipc')}, "
     "'init': open('/proc/1/cmdline').read().split(chr(0)), "
     "'pid': os.getpid()}))\""
 )

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import on_host, run_playbook
+from expected import METRICS_TOP_KEYS
+from helpers import (
+    assert_continuous,
+    assert_progress_continues,
+    assert_refused_before_any_host,
+    assert_refused_before_the_workload,
+    end_workload,
+    epoch,
+    failed_run,
+    progress,
+    sent_bytes,
+    workload_processes,
+)
 
 pytestmark = pytest.mark.lab
 
-SPEC_KEYS = {
-    "status",
-    "experiment",
-    "workload",
-    "strategy",
-    "phases",
-    "downtime_s",
-    "app_downtime_s",
-    "deadlines",
-    "verification",
-    "environment",
-    "tasks",
-}
+# Larger than helpers.SMALL_MEMORY's, with the seed's observation window after the restore.
 SMALL_MEMORY = {"workload": "memory", "mb_size": 32, "interval": 0.5, "max_memory": 256}
 
 # The task phases (roles) every successful migration runs, in the order they start, with
@@ -46,10 +46,6 @@ STAMP_SLACK_S = 0.002
 # was being built on the same 2 cores; the offsets themselves stayed within 0.09 s.
 # Beyond this bound the offset says nothing about the clocks.
 CLOCK_READ_UNCERTAINTY_MAX_S = 1.0
-
-
-def epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp).timestamp()
 
 
 def assert_clock_offsets_come_from_both_reads(metrics: dict[str, Any]) -> None:
@@ -128,20 +124,13 @@ def assert_task_timings_consistent(metrics: dict[str, Any]) -> None:
             assert 0 < metrics["phases"][phase]["duration_s"] <= totals[phase] + STAMP_SLACK_S
 
 
-def workload_processes(host: str, experiment_id: str) -> list[str]:
-    proc = on_host(host, f"pgrep -af 'standalone.py --working-dir .*/{experiment_id}' || true")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.split("(stdout)", 1)[-1].strip()
-    return [line for line in lines.split("\\n") if "standalone.py" in line and "pgrep" not in line]
-
-
 def test_memory_migration_end_to_end(lab: Path, tmp_path: Path) -> None:
     run = run_playbook(tmp_path, "migrate.yml", {**SMALL_MEMORY, "keep_images": True})
     assert run.rc == 0, run.stdout[-5000:]
     results = run.only_results_dir()
     assert not results.name.endswith(("_failed", "_exception"))
     metrics = run.metrics()
-    assert set(metrics) >= SPEC_KEYS
+    assert set(metrics) >= METRICS_TOP_KEYS
     assert metrics["status"] == "ok"
     assert metrics["workload"]["type"] == "memory"
     assert metrics["workload"]["params"] == {"mb_size": 32, "interval": 0.5, "max_memory": 256}
@@ -167,12 +156,8 @@ def test_memory_migration_end_to_end(lab: Path, tmp_path: Path) -> None:
     assert restore["stats"]["pages_restored"] == restore_stats["pages_restored"] > 0
 
     # Transfer bytes: exactly the image folder plus the working directory that were sent.
-    image_bytes = sum(f.stat().st_size for f in (results / "source" / "1").iterdir() if f.is_file())
-    work_bytes = sum(
-        (results / "source" / name).stat().st_size for name in ("progress.log", "checkpoint_ready")
-    )
     assert transfer["method"] == "rsync"
-    assert transfer["bytes"] == image_bytes + work_bytes
+    assert transfer["bytes"] == sent_bytes(results)
     assert transfer["throughput_mb_s"] == pytest.approx(
         transfer["bytes"] / 1e6 / transfer["duration_s"], rel=1e-3
     )
@@ -192,12 +177,8 @@ def test_memory_migration_end_to_end(lab: Path, tmp_path: Path) -> None:
     assert_clock_offsets_come_from_both_reads(metrics)
 
     verification = metrics["verification"]
-    assert verification["restored_running"] is True
+    assert_continuous(verification)
     assert verification["same_pid"] is True
-    assert verification["running_on_source"] is False
-    assert verification["seq_continuous"] is True
-    assert verification["state_continuous"] is True
-    assert verification["first_destination_seq"] == verification["last_source_seq"] + 1
     assert {c["name"] for c in verification["checks"]} >= {
         "seq",
         "equal:sample_checksum",
@@ -205,16 +186,10 @@ def test_memory_migration_end_to_end(lab: Path, tmp_path: Path) -> None:
     }
 
     # progress.log on the destination continues the source's lines, on the destination host.
-    lines = [
-        json.loads(line) for line in (results / "dest" / "progress.log").read_text().splitlines()
-    ]
+    lines = progress(results)
     hosts = [line["host"] for line in lines]
     assert hosts[0] == "source" and "destination" in hosts
-    assert [line["seq"] for line in lines] == list(
-        range(lines[0]["seq"], lines[0]["seq"] + len(lines))
-    )
-    assert any(line.get("event") == "restored" for line in lines)
-    assert lines[-1].get("event") == "finished"  # checkpoint_flag removed at the end
+    assert_progress_continues(lines)
 
     # The results layout (README: Running experiments), with real content in the capture files.
     for path in (
@@ -263,10 +238,7 @@ def test_restore_failure_rolls_back_to_source(lab: Path, tmp_path: Path) -> None
     run = run_playbook(
         tmp_path, "migrate.yml", {**SMALL_MEMORY, "inject_fault": "restore_pid_busy"}
     )
-    assert run.rc != 0
-    results = run.only_results_dir()
-    assert results.name.endswith("_failed")
-    metrics = json.loads((results / "metrics.json").read_text())
+    results, metrics = failed_run(run)
     assert metrics["status"] == "failed"
     assert metrics["failure"]["phase"] == "restore"
     assert "File exists" in metrics["failure"]["msg"]
@@ -307,7 +279,7 @@ def test_restore_failure_rolls_back_to_source(lab: Path, tmp_path: Path) -> None
         recovered = json.loads((results / "journal.json").read_text())
         assert recovered["location"] == "source" and recovered["recovered_at"]
     finally:
-        on_host("source", f"rm -f /var/lib/criu-migration/work/{experiment_id}/checkpoint_flag")
+        end_workload(experiment_id, "source")
 
 
 @pytest.mark.parametrize(
@@ -328,12 +300,7 @@ def test_bad_input_is_refused_before_any_host(
     lab: Path, tmp_path: Path, extravars: dict[str, object], expected: list[str]
 ) -> None:
     run = run_playbook(tmp_path, "migrate.yml", {"workload": "memory", **extravars})
-    assert run.rc != 0
-    for text in expected:
-        assert text in run.stdout, run.stdout[-3000:]
-    assert "nothing ran on any host" in run.stdout
-    assert run.hosts_touched() <= {"localhost"}
-    assert run.results_root is None or not any(run.results_root.iterdir())
+    assert_refused_before_any_host(run, expected)
 
 
 def test_predump_is_refused_on_a_kernel_without_soft_dirty(lab: Path, tmp_path: Path) -> None:
@@ -341,8 +308,4 @@ def test_predump_is_refused_on_a_kernel_without_soft_dirty(lab: Path, tmp_path: 
     assert run.rc != 0
     assert "checkpoint_strategy=predump needs soft-dirty memory tracking" in run.stdout
     assert "mem_dirty_track" in run.stdout
-    metrics = json.loads((run.only_results_dir() / "metrics.json").read_text())
-    assert metrics["failure"]["phase"] == "node_checks"
-    # refused before the workload started
-    assert metrics["workload"]["source_pid"] is None
-    assert not any(task["phase"] == "workload_start" for task in metrics["tasks"])
+    assert_refused_before_the_workload(run.metrics())

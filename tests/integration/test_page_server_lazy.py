@@ -15,16 +15,19 @@ from typing import Any
 
 import criu_stats
 import pytest
-from conftest import VENV_BIN, on_host, run_playbook, suite_env
+from conftest import VENV_BIN, assert_no_secrets, run_playbook, suite_env
+from helpers import (
+    assert_continuous,
+    assert_progress_continues,
+    end_workload,
+    failed_run,
+    host_output,
+    progress,
+)
 
+# More pages than helpers.SMALL_MEMORY's, for the page server and lazy pages to serve.
 SMALL_MEMORY = {"workload": "memory", "mb_size": 48, "interval": 0.5, "max_memory": 256}
 PAGE_SERVER_PORT = 27230
-
-
-def host_output(host: str, command: str) -> str:
-    proc = on_host(host, command)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout.split("(stdout)", 1)[-1].strip()
 
 
 def criu_daemons(host: str, experiment_id: str) -> str:
@@ -33,26 +36,10 @@ def criu_daemons(host: str, experiment_id: str) -> str:
     return out.replace("\\n", "\n").strip()
 
 
-def progress(results: Path) -> list[dict[str, Any]]:
-    return [
-        json.loads(line) for line in (results / "dest" / "progress.log").read_text().splitlines()
-    ]
-
-
 def assert_continuous_migration(metrics: dict[str, Any], results: Path) -> None:
     assert metrics["status"] == "ok"
-    verification = metrics["verification"]
-    assert verification["restored_running"] is True
-    assert verification["running_on_source"] is False
-    assert verification["seq_continuous"] is True
-    assert verification["state_continuous"] is True
-    assert verification["first_destination_seq"] == verification["last_source_seq"] + 1
-    lines = progress(results)
-    assert any(line.get("event") == "restored" for line in lines)
-    assert lines[-1].get("event") == "finished"
-    assert [line["seq"] for line in lines] == list(
-        range(lines[0]["seq"], lines[0]["seq"] + len(lines))
-    )
+    assert_continuous(metrics["verification"])
+    assert_progress_continues(progress(results))
 
 
 @pytest.mark.lab
@@ -148,7 +135,7 @@ def test_network_lazy_pages_are_refused_with_the_probes_reason(lab: Path, tmp_pa
     )
     if run.rc == 0:  # a kernel feature this test needs to be missing is there
         pytest.skip("capability: this kernel can do network post-copy: nothing to refuse")
-    metrics = json.loads((run.only_results_dir() / "metrics.json").read_text())
+    metrics = run.metrics()
     failure = metrics["failure"]
     assert failure["phase"] == "node_checks"
     assert failure["host"] == "source"
@@ -179,9 +166,7 @@ def test_a_failed_restore_after_a_page_server_dump_rolls_back_to_the_source(
             "inject_fault": "restore_pid_busy",
         },
     )
-    assert run.rc != 0
-    results = run.only_results_dir()
-    metrics = json.loads((results / "metrics.json").read_text())
+    results, metrics = failed_run(run)
     experiment_id = metrics["experiment"]["id"]
     try:
         assert metrics["failure"]["phase"] == "restore"
@@ -199,7 +184,7 @@ def test_a_failed_restore_after_a_page_server_dump_rolls_back_to_the_source(
         assert str(metrics["workload"]["source_pid"]) in running
         assert criu_daemons("destination", experiment_id) == ""
     finally:
-        on_host("source", f"rm -f /var/lib/criu-migration/work/{experiment_id}/checkpoint_flag")
+        end_workload(experiment_id, "source")
 
 
 @pytest.mark.guest
@@ -207,6 +192,12 @@ def test_network_post_copy_on_the_soft_dirty_guests(guest_lab: Path, tmp_path: P
     """Where the probe passes (Debian 12's 6.1 kernel in the QEMU guests), network post-copy
     runs: the dump serves the pages from the source, the destination's lazy-pages daemon
     fetches every one of them, the source's dump finishes and the workload runs on.
+
+    Over TLS (page_server_tls, the experiment's own CA): the dump serves with the source's
+    certificate and checks the daemon's against the CA, the daemon checks that the source's
+    certificate names the source; the TLS files are gone from both guests at the end and no
+    key or certificate reaches the results. (One guest migration covers both: under TCG each
+    takes minutes, and TLS only adds options to the same CRIU calls.)
 
     The session's guest lab (conftest.py's `guest_lab`) is brought up for this test when
     no other test did. Only the guests' kernel refusing network post-copy may skip it."""
@@ -221,9 +212,11 @@ def test_network_post_copy_on_the_soft_dirty_guests(guest_lab: Path, tmp_path: P
             "max_memory": 32,
             "lazy_pages": True,
             "lazy_pages_mode": "network",
+            "page_server_tls": True,
         },
         inventory=str(guest_lab),
     )
+    assert_no_secrets(run.results_root, texts=[run.stdout], inventory=guest_lab)
     metrics = json.loads((run.only_results_dir() / "metrics.json").read_text())
     failure = metrics.get("failure") or {}
     if "lazy_pages_mode=network needs network post-copy" in failure.get("msg", ""):
@@ -234,6 +227,7 @@ def test_network_post_copy_on_the_soft_dirty_guests(guest_lab: Path, tmp_path: P
     try:
         assert run.rc == 0, run.stdout[-5000:]
         dump = metrics["phases"]["final_dump"]
+        assert {"--lazy-pages", "--tls", "--tls-no-cn-verify"} <= set(dump["cmd"]), dump["cmd"]
         lazy = metrics["phases"]["restore"]["lazy_pages"]
         assert lazy["finished"] is True and lazy["complete"] is True, lazy
         assert lazy["pages_lazy_served"] == lazy["pages_lazy_total"] > 8 * 256
@@ -248,6 +242,13 @@ def test_network_post_copy_on_the_soft_dirty_guests(guest_lab: Path, tmp_path: P
         assert verification["seq_continuous"] is True
         # anonymous memory and every page's checksum must come back while pages still stream in
         assert metrics["status"] == "ok", metrics.get("failure")
+        for host in ("source", "destination"):
+            left = subprocess.run(
+                [str(VENV_BIN / "ansible"), "-i", str(guest_lab), host, "-m", "shell", "-a",
+                 f"ls -d /var/lib/criu-migration/tls/{experiment_id} 2>/dev/null || true"],
+                env=suite_env(), capture_output=True, text=True, check=False,
+            ).stdout  # fmt: skip
+            assert f"tls/{experiment_id}" not in left.split(">>", 1)[-1], (host, left)
     finally:
         subprocess.run(
             [

@@ -16,18 +16,17 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_ansible_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "terraform"
 MODULE = REPO / "terraform" / "modules" / "inventory"
 MODULE_SOURCE_IN_FIXTURE = "../../../../terraform/modules/inventory"
 TERRAFORM = shutil.which("terraform")
-ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
 
 pytestmark = pytest.mark.skipif(
     TERRAFORM is None, reason="the terraform CLI is not installed (docs/cloud.md: Terraform >= 1.9)"
@@ -127,15 +126,7 @@ def ansible_inventory_list(inventory_text: str, tmp: Path) -> dict:
     path = tmp / "hosts.yml"
     path.write_text(inventory_text, encoding="utf-8")
     env = {**os.environ, "ANSIBLE_HOME": str(tmp / "ansible-home")}
-    result = subprocess.run(
-        [ANSIBLE_INVENTORY, "-i", str(path), "--list"],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_ansible_inventory(path, env, cwd=tmp)
     assert result.returncode == 0, result.stderr
     assert "Unable to parse" not in result.stderr, result.stderr
     return json.loads(result.stdout)

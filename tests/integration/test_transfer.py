@@ -17,25 +17,20 @@ from typing import Any
 
 import pytest
 from conftest import REPO, on_host, run_playbook
+from helpers import (
+    IMAGES_ROOT,
+    SMALL_MEMORY,
+    assert_refused_before_the_workload,
+    failed_run,
+    remove_experiment,
+    sent_bytes,
+    workload_processes,
+)
 
 pytestmark = pytest.mark.lab
 
-SMALL_MEMORY = {
-    "workload": "memory",
-    "mb_size": 32,
-    "interval": 0.5,
-    "max_memory": 64,
-    "post_restore_capture_s": 2,
-}
 # The lab's /mnt/criu-shared is this control-side folder, bind-mounted into every host.
 LAB_SHARED = REPO / ".lab" / "shared"
-
-
-def workload_processes(host: str, experiment_id: str) -> list[str]:
-    proc = on_host(host, f"pgrep -af 'standalone.py --working-dir .*/{experiment_id}' || true")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.split("(stdout)", 1)[-1].strip()
-    return [line for line in lines.split("\\n") if "standalone.py" in line and "pgrep" not in line]
 
 
 def assert_migrated(metrics: dict[str, Any]) -> None:
@@ -68,16 +63,7 @@ def assert_back_on_source(run_metrics: dict[str, Any], results: Path) -> None:
         assert str(run_metrics["workload"]["source_pid"]) in running[0]
         assert workload_processes("destination", experiment_id) == []
     finally:
-        # end it, and remove what the failed run left on the hosts (failed runs keep all)
-        work = f"/var/lib/criu-migration/work/{experiment_id}"
-        images = f"/var/lib/criu-migration/images/{experiment_id}"
-        on_host(
-            "source",
-            f"rm -f {work}/checkpoint_flag; for i in $(seq 50); do "
-            f"pgrep -f '[s]tandalone.py --working-dir {work}' >/dev/null || break; sleep 0.2; done; "
-            f"rm -rf {work} {images}",
-        )
-        on_host("destination", f"rm -rf {work} {images}")
+        remove_experiment(experiment_id)
 
 
 @pytest.mark.parametrize(
@@ -99,11 +85,7 @@ def test_rsync_migration(lab: Path, tmp_path: Path, cipher: str, verify: bool) -
     assert_transfer_figures(transfer)
     results = run.only_results_dir()
     # exactly the image folder plus the working directory's files at the time of the dump
-    image_bytes = sum(f.stat().st_size for f in (results / "source" / "1").iterdir() if f.is_file())
-    work_bytes = sum(
-        (results / "source" / name).stat().st_size for name in ("progress.log", "checkpoint_ready")
-    )
-    assert transfer["bytes"] == image_bytes + work_bytes  # (checkpoint_flag is empty)
+    assert transfer["bytes"] == sent_bytes(results)
     if verify:
         check = transfer["verify"]
         assert check["ok"] is True and check["mismatches"] == []
@@ -116,8 +98,8 @@ def test_rsync_migration(lab: Path, tmp_path: Path, cipher: str, verify: bool) -
     else:
         assert transfer["verify"] == "off"
         assert transfer["duration_s"] == transfer["send"]["duration_s"]
-    on_host("source", f"rm -rf /var/lib/criu-migration/images/{metrics['experiment']['id']}")
-    on_host("destination", f"rm -rf /var/lib/criu-migration/images/{metrics['experiment']['id']}")
+    for host in ("source", "destination"):
+        on_host(host, f"rm -rf {IMAGES_ROOT}/{metrics['experiment']['id']}")
 
 
 def test_zstd_stream_migration(lab: Path, tmp_path: Path) -> None:
@@ -207,10 +189,7 @@ def test_corrupted_image_is_caught_before_the_restore(
             "critical_path": critical_path,
         },
     )
-    assert run.rc != 0
-    results = run.only_results_dir()
-    assert results.name.endswith("_failed")
-    metrics = json.loads((results / "metrics.json").read_text())
+    results, metrics = failed_run(run)
     assert metrics["strategy"]["critical_path"] == critical_path
     experiment_id = metrics["experiment"]["id"]
     pages = f"/var/lib/criu-migration/images/{experiment_id}/1/pages-1.img"
@@ -238,10 +217,7 @@ def test_transfer_cut_midway_rolls_back_to_the_source(
         "migrate.yml",
         {**SMALL_MEMORY, "inject_fault": "transfer_interrupt", "critical_path": critical_path},
     )
-    assert run.rc != 0
-    results = run.only_results_dir()
-    assert results.name.endswith("_failed")
-    metrics = json.loads((results / "metrics.json").read_text())
+    results, metrics = failed_run(run)
     failure = metrics["failure"]
     assert failure["phase"] == "transfer" and failure["host"] == "source"
     assert "rsync to 10.77.0.12 failed" in failure["msg"]
@@ -273,10 +249,7 @@ def test_efs_that_is_not_shared_is_refused_before_the_workload_starts(
     )
     assert run.rc != 0
     assert expected in run.stdout, run.stdout[-4000:]
-    metrics = json.loads((run.only_results_dir() / "metrics.json").read_text())
-    assert metrics["failure"]["phase"] == "node_checks"
-    assert metrics["workload"]["source_pid"] is None
-    assert not any(task["phase"] == "workload_start" for task in metrics["tasks"])
+    assert_refused_before_the_workload(run.metrics())
     marker = on_host("source", f"ls -a {efs_mount_path} | grep -c criu-migration-check || true")
     assert "(stdout) 0" in marker.stdout  # the marker does not stay behind
 
@@ -295,8 +268,6 @@ def test_missing_zstd_on_the_destination_is_refused(lab: Path, tmp_path: Path) -
         "zstd is not installed on destination (or not on its PATH), and transfer=rsync with "
         "transfer_compress=zstd runs it on the destination: apt-get install zstd"
     ) in run.stdout, run.stdout[-4000:]
-    metrics = json.loads((run.only_results_dir() / "metrics.json").read_text())
-    assert metrics["failure"]["phase"] == "node_checks"
-    assert metrics["workload"]["source_pid"] is None
+    assert_refused_before_the_workload(run.metrics())
     # both hosts of the pair refuse: the source does not go on alone
     assert "source (kernel" in run.stdout and "destination (kernel" in run.stdout

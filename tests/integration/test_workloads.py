@@ -27,6 +27,14 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO, PlaybookRun, on_host, run_playbook
+from helpers import (
+    assert_continuous,
+    assert_refused_before_any_host,
+    assert_refused_before_the_workload,
+    end_workload,
+    host_output,
+    progress,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -95,11 +103,6 @@ def declaration(name: str) -> dict[str, Any]:
     return yaml.safe_load((REPO / "workloads" / f"{name}.yml").read_text())
 
 
-def progress(results: Path, side: str = "dest") -> list[dict[str, Any]]:
-    text = (results / side / "progress.log").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def process_tree(status_file: Path) -> list[tuple[int, str, int]]:
     """(pid, name, ppid) of every process in a workload_status snapshot's tree."""
     text = status_file.read_text()
@@ -127,9 +130,7 @@ def split_at_restore(
 
 def workload_pids(host: str, pattern: str) -> list[str]:
     """Pids on `host` whose command line matches `pattern` (the probe itself left out)."""
-    proc = on_host(host, f"pgrep -af {shlex.quote(pattern)} || true")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout.split("(stdout)", 1)[-1].strip()
+    out = host_output(host, f"pgrep -af {shlex.quote(pattern)} || true")
     return [line.split()[0] for line in out.split("\\n") if line.strip() and "pgrep" not in line]
 
 
@@ -140,8 +141,7 @@ def stop_left_over(run: PlaybookRun) -> None:
         metrics_file = results / "metrics.json"
         if metrics_file.exists():
             experiment = json.loads(metrics_file.read_text())["experiment"]["id"]
-            for host in ("source", "destination"):
-                on_host(host, f"rm -f /var/lib/criu-migration/work/{experiment}/checkpoint_flag")
+            end_workload(experiment, "source", "destination")
 
 
 # -- the per-migration table (pytest -s) ----------------------------------------------------
@@ -196,12 +196,8 @@ def test_workload_migrates_with_its_state_continuous(lab: Path, tmp_path: Path, 
     assert {k: metrics["workload"]["params"][k] for k in params} == params
 
     verification = metrics["verification"]
-    assert verification["restored_running"] is True
+    assert_continuous(verification)
     assert verification["same_pid"] is True
-    assert verification["running_on_source"] is False
-    assert verification["seq_continuous"] is True
-    assert verification["state_continuous"] is True
-    assert verification["first_destination_seq"] == verification["last_source_seq"] + 1
     checks = {c["name"]: c for c in verification["checks"]}
     rules = declaration(name)["continuity"]
     declared = (
@@ -316,15 +312,14 @@ def test_bad_workload_input_is_refused_before_any_host(lab: Path, tmp_path: Path
     run = run_playbook(
         tmp_path, "migrate.yml", {"workload": "video", "resolution": "12x", "fps": -30}
     )
-    assert run.rc != 0
-    for text in (
-        "workload video: resolution='12x' does not match the form",
-        "workload video: fps=-30 is below the minimum 1",
-        "nothing ran on any host",
-    ):
-        assert text in run.stdout, run.stdout[-3000:]
-    assert run.hosts_touched() <= {"localhost"}
-    assert run.results_root is None or not any(run.results_root.iterdir())
+    assert_refused_before_any_host(
+        run,
+        (
+            "workload video: resolution='12x' does not match the form",
+            "workload video: fps=-30 is below the minimum 1",
+            "nothing ran on any host",
+        ),
+    )
 
 
 def test_redis_port_in_use_on_the_source_is_refused_before_the_workload(
@@ -358,13 +353,11 @@ def test_redis_port_in_use_on_the_source_is_refused_before_the_workload(
             f"port {BUSY_PORT} is already in use on source (needed by workload redis redis_port)"
         )
         assert message in run.stdout, run.stdout[-4000:]
-        metrics = json.loads((run.only_results_dir() / "metrics.json").read_text())
-        assert metrics["failure"]["phase"] == "node_checks"
+        metrics = run.metrics()
         assert metrics["failure"]["host"] == "source"
         assert message in metrics["failure"]["msg"]
         # refused before the workload started: no start task, no pid, no redis-server
-        assert metrics["workload"]["source_pid"] is None
-        assert not any(task["phase"] == "workload_start" for task in metrics["tasks"])
+        assert_refused_before_the_workload(metrics)
         assert workload_pids("source", f"redis-server 127.0.0.1:{BUSY_PORT}") == []
         assert workload_pids("source", f"redis_standalone.py .*--redis-port {BUSY_PORT}") == []
         # the listener is still the one this test started

@@ -2,7 +2,7 @@
 
 Source and destination are this host (the destination's paths are the source's, as in a
 migration): `criu` is a script that writes images and a stats image on a dump and a pidfile
-on a restore; `ssh` emulates OpenSSH's connection sharing (test_ssh_master.FAKE_SSH: a master
+on a restore; `ssh` emulates OpenSSH's connection sharing (fakes.FAKE_SSH: a master
 that runs until `-O exit`, channels that run their command with `sh -c` only while it is
 up); `rsync` only reports what it would send (the files are "there" already). Every tool
 appends its argv to one events file, so the tests read what ran, and in which order.
@@ -13,12 +13,12 @@ downtime and the orchestration gap (critical_path_figures, migration_window, on_
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shlex
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,8 +26,9 @@ from typing import Any
 
 import critical_path
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from criu_stats import summarize_stats_image
+from expected import CRITICAL_PATH_STEPS_DONE, journal_steps
+from fakes import CRIU_STATS, install_fake_ssh, install_script, master_pids, run_ansible_module
 from metrics_report import (
     PairRecord,
     build_metrics,
@@ -37,9 +38,7 @@ from metrics_report import (
     on_source_clock,
 )
 from processes import ProcessFiles, is_alive
-from test_ssh_master import FAKE_SSH
 
-STATS = Path(__file__).resolve().parent.parent / "fixtures" / "criu_stats" / "full-dump"
 RESTORED_PID = 4242
 # what the fake dump writes: page images of these sizes (pages-2 the largest), a core image
 PAGE_IMAGES = {"pages-1.img": 4096, "pages-2.img": 3 * 4096, "pages-3.img": 2 * 4096}
@@ -136,6 +135,10 @@ class Lab:
     images: Path
     work: Path
 
+    @property
+    def journal(self) -> Path:
+        return self.base / "journal" / "critical-path.journal"
+
     def args(self, **overrides: Any) -> dict[str, Any]:
         logs = self.base / "logs"
         args: dict[str, Any] = {
@@ -159,7 +162,7 @@ class Lab:
                 "log_file": str(logs / "criu-restore.log"),
                 "pidfile": str(self.base / "restored.pid"),
             },
-            "journal": str(self.base / "journal" / "critical-path.journal"),
+            "journal": str(self.journal),
             "timeout": 30,
         }
         args.update(overrides)
@@ -175,19 +178,14 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
         bin_dir / "criu": FAKE_CRIU,
         dest_sbin / "criu": FAKE_CRIU,  # the destination's own binary (restore.criu_bin)
         bin_dir / "rsync": FAKE_RSYNC,
-        bin_dir / "ssh": FAKE_SSH,
     }
     for path, text in scripts.items():
-        path.write_text(text.replace("@PYTHON@", sys.executable).replace("@PID@", "4242"))
-        path.chmod(0o755)
+        install_script(path, text.replace("@PYTHON@", sys.executable).replace("@PID@", "4242"))
     events = tmp_path / "events.jsonl"
+    install_fake_ssh(monkeypatch, bin_dir, log=events, masters=tmp_path / "masters", temp=temp)
     monkeypatch.setenv("FAKE_EVENTS", str(events))
-    monkeypatch.setenv("FAKE_SSH_LOG", str(events))
-    monkeypatch.setenv("FAKE_SSH_MASTERS", str(tmp_path / "masters"))
-    monkeypatch.setenv("FAKE_CRIU_STATS", str(STATS))
+    monkeypatch.setenv("FAKE_CRIU_STATS", str(CRIU_STATS))
     monkeypatch.setenv("FAKE_PAGE_IMAGES", json.dumps(PAGE_IMAGES))
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # the master's control folder
     work = tmp_path / "work"
     (work / "sub").mkdir(parents=True)
     (work / "state.txt").write_text("counter=41\n")
@@ -206,11 +204,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
     )
 
 
-def run_module(args: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
-    capsys.readouterr()
-    with patch_module_args(args), pytest.raises(SystemExit) as excinfo:
-        critical_path.main()
-    return int(excinfo.value.code or 0), json.loads(capsys.readouterr().out)
+run_module = functools.partial(run_ansible_module, critical_path)
 
 
 def events(lab: Lab) -> list[tuple[str, list[str]]]:
@@ -234,6 +228,8 @@ def story(lab: Lab) -> list[str]:
                 told.append(f"ssh -O {argv[argv.index('-O') + 1]}")
         elif tool == "ssh":
             command = shlex.split(" ".join(argv[argv.index("--") + 1 :]))
+            if command[:2] == ["sh", "-c"] and command[2].startswith("umask "):
+                command = command[4:]  # run under the private umask (private_files.umasked)
             told.append(f"ssh: {os.path.basename(command[0])}")
         elif tool == "criu":
             told.append(f"criu {argv[1]}")
@@ -244,11 +240,6 @@ def story(lab: Lab) -> list[str]:
 
 def criu_calls(lab: Lab) -> list[list[str]]:
     return [argv for tool, argv in events(lab) if tool == "criu"]
-
-
-def journal_steps(lab: Lab) -> list[str]:
-    path = lab.base / "journal" / "critical-path.journal"
-    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
 
 
 def records(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -263,7 +254,7 @@ def phases(result: dict[str, Any]) -> list[str]:
 
 
 def assert_master_closed(lab: Lab) -> None:
-    pids = [int(pid) for pid in lab.masters.read_text().split()] if lab.masters.exists() else []
+    pids = master_pids(lab.masters)
     assert not [pid for pid in pids if is_alive(pid)], "a master ssh was left running"
     assert not list(lab.temp.glob("criu-cp-*")), "the master's control folder was left"
 
@@ -422,7 +413,7 @@ def test_dump_transfer_restore_on_one_clock(
     steps, data = result["steps"], records(result)
     dump = data["final_dump"]
     assert dump["images_dir"] == str(lab.images) and dump["cmd"] == dump_argv
-    assert dump["stats"] == summarize_stats_image(STATS / "stats-dump")["dump"]
+    assert dump["stats"] == summarize_stats_image(CRIU_STATS / "stats-dump")["dump"]
     assert dump["duration_s"] == pytest.approx(steps["dump"][1] - steps["dump"][0], abs=2e-6)
     assert dump["started_at"] <= dump["finished_at"]
     sent = data["transfer"]
@@ -439,22 +430,14 @@ def test_dump_transfer_restore_on_one_clock(
     assert (restored["clock"], restored["ran_on"]) == ("source", "destination")
     assert restored["pid"] == RESTORED_PID
     assert restored["cmd"] == restore_argv
-    assert restored["stats"] == summarize_stats_image(STATS / "stats-restore")["restore"]
+    assert restored["stats"] == summarize_stats_image(CRIU_STATS / "stats-restore")["restore"]
     assert restored["duration_s"] == pytest.approx(
         steps["restore"][1] - steps["restore"][0], abs=2e-6
     )
     assert restored["started_at"] >= sent["started_at"]
     assert result["restore"] == restored
 
-    assert journal_steps(lab) == [
-        "prepared",
-        "dump started",
-        "dumped",
-        "transferred",
-        "restore started",
-        "restored",
-        "done",
-    ]
+    assert journal_steps(lab.journal) == CRITICAL_PATH_STEPS_DONE
     journal = [json.loads(line) for line in Path(args["journal"]).read_text().splitlines()]
     assert journal[0]["plan"] == result["plan"]
     assert journal[-1]["downtime_s"] == result["downtime_s"]
@@ -494,10 +477,10 @@ def test_the_lazy_pages_daemon_starts_there_before_the_restore(
     assert_master_closed(lab)
 
 
+@pytest.mark.env(FAKE_CRIU_BAD_STATS="1")
 def test_a_bad_stats_image_does_not_hide_a_done_restore(
-    lab: Lab, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    lab: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_BAD_STATS", "1")
     rc, result = run_module(lab.args(), capsys)
     assert rc == 0, result
     assert result["restored"] is True
@@ -510,11 +493,12 @@ def test_a_bad_stats_image_does_not_hide_a_done_restore(
 # -- failures ---------------------------------------------------------------------------------
 
 
+@pytest.mark.env(
+    FAKE_CRIU_FAIL="dump", FAKE_CRIU_ERROR="criu/files-reg.c:1710): Can't lookup mount=22"
+)
 def test_a_failed_dump_stops_before_the_transfer(
-    lab: Lab, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    lab: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_FAIL", "dump")
-    monkeypatch.setenv("FAKE_CRIU_ERROR", "criu/files-reg.c:1710): Can't lookup mount=22")
     rc, result = run_module(lab.args(), capsys)
     assert rc == 1 and result["failed"] is True
     assert result["failed_phase"] == "final_dump"
@@ -532,7 +516,7 @@ def test_a_failed_dump_stops_before_the_transfer(
     data = result["migration_metrics"]["data"]
     assert (data["dumped"], data["restored"], data["orchestration_gap_s"]) == (False, False, None)
     assert story(lab) == ["ssh master", "ssh: mkdir", "criu dump", "ssh -O exit"]
-    assert journal_steps(lab) == ["prepared", "dump started", "dump failed", "stopped"]
+    assert journal_steps(lab.journal) == ["prepared", "dump started", "dump failed", "stopped"]
     assert_master_closed(lab)
 
 
@@ -560,14 +544,14 @@ def test_a_failed_restore_says_why_from_the_destinations_log(
     assert result["downtime_s"] is None and result["restore"] == {}
     assert list(result["steps"]) == ["dump", "transfer", "restore"]
     assert story(lab)[-3:] == ["criu restore", "ssh: cat", "ssh -O exit"]  # the log, read there
-    assert journal_steps(lab)[-3:] == ["restore started", "restore failed", "stopped"]
+    assert journal_steps(lab.journal)[-3:] == ["restore started", "restore failed", "stopped"]
     assert_master_closed(lab)
 
 
+@pytest.mark.env(FAKE_SSH_REFUSE="1")
 def test_a_master_that_cannot_open_fails_before_the_freeze(
-    lab: Lab, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    lab: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_SSH_REFUSE", "1")
     rc, result = run_module(lab.args(), capsys)
     assert rc == 1
     assert result["failed_phase"] == "critical_path"
@@ -577,7 +561,7 @@ def test_a_master_that_cannot_open_fails_before_the_freeze(
     assert result["msg"].endswith("(before the freeze: the workload runs on the source as before)")
     assert criu_calls(lab) == []  # the dump never ran
     assert result["results"] == [] and result["steps"] == {}
-    assert journal_steps(lab) == ["stopped"]
+    assert journal_steps(lab.journal) == ["stopped"]
     assert_master_closed(lab)
 
 
@@ -606,7 +590,7 @@ def test_a_checksum_mismatch_stops_before_the_restore(
     assert phases(result) == ["final_dump", "transfer"]
     assert "criu restore" not in story(lab)
     assert story(lab)[3:] == ["rsync", "ssh: sha256sum", "ssh -O exit"]
-    assert journal_steps(lab)[-2:] == ["transfer verification failed", "stopped"]
+    assert journal_steps(lab.journal)[-2:] == ["transfer verification failed", "stopped"]
     assert_master_closed(lab)
 
 
@@ -662,7 +646,7 @@ def test_an_unexpected_error_still_reports_the_dump(
         "unexpected error during the transfer step: OSError: [Errno 28] No space left on device"
     )
     assert story(lab)[-2:] == ["criu dump", "ssh -O exit"]
-    assert journal_steps(lab)[-2:] == ["dumped", "stopped"]
+    assert journal_steps(lab.journal)[-2:] == ["dumped", "stopped"]
     assert_master_closed(lab)
 
 

@@ -7,7 +7,6 @@ each command's exit status.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import criu_cli
@@ -22,15 +21,10 @@ from criu_cli import (
     version_at_least,
     version_string,
 )
+from fakes import recorded_criu
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "criu_cli"
-RCS = json.loads((FIXTURES / "rc.json").read_text())
 CRIU = "/usr/local/sbin/criu"
 IMAGES = "/var/lib/criu-migration/images/memory_20261126_050746/2"
-
-
-def recorded(name: str) -> tuple[int, str]:
-    return RCS[name]["rc"], (FIXTURES / f"{name}.txt").read_text()
 
 
 # Debian 12's packaged CRIU 3.17.1 on this kernel: the failure docs/lab.md reports for `criu check`
@@ -315,7 +309,7 @@ def test_unknown_action_is_refused_with_the_valid_ones() -> None:
 
 
 def test_parse_version_of_this_machines_criu() -> None:
-    rc, output = recorded("version")
+    rc, output = recorded_criu("version")
     assert rc == 0
     assert output == "Version: 4.2.1\n"
     assert parse_criu_version(output) == (4, 2, 1)
@@ -384,7 +378,7 @@ def test_version_string() -> None:
 
 
 def test_check_on_this_machine_looks_good() -> None:
-    rc, output = recorded("check")
+    rc, output = recorded_criu("check")
     assert (rc, output) == (0, "Looks good.\n")
     result = parse_check_output(rc, output)
     assert result.ok is True
@@ -394,7 +388,7 @@ def test_check_on_this_machine_looks_good() -> None:
 
 
 def test_check_feature_mem_dirty_track_fails_on_this_kernel() -> None:
-    rc, output = recorded("check-feature-mem_dirty_track")
+    rc, output = recorded_criu("check-feature-mem_dirty_track")
     assert rc == 1
     result = parse_check_output(rc, output)
     assert result.ok is False
@@ -406,7 +400,7 @@ def test_check_feature_mem_dirty_track_fails_on_this_kernel() -> None:
 
 @pytest.mark.parametrize("feature", ["uffd-noncoop", "network_lock_nftables"])
 def test_check_feature_present_on_this_kernel(feature: str) -> None:
-    rc, output = recorded(f"check-feature-{feature}")
+    rc, output = recorded_criu(f"check-feature-{feature}")
     assert (rc, output) == (0, f"{feature} is supported\n")
     result = parse_check_output(rc, output)
     # A feature check never says "Looks good": the module decides features on rc alone.
@@ -415,7 +409,7 @@ def test_check_feature_present_on_this_kernel(feature: str) -> None:
 
 
 def test_check_unknown_feature_is_an_error() -> None:
-    rc, output = recorded("check-feature-unknown")
+    rc, output = recorded_criu("check-feature-unknown")
     assert rc == 1
     result = parse_check_output(rc, output)
     assert result.ok is False
@@ -424,7 +418,7 @@ def test_check_unknown_feature_is_an_error() -> None:
 
 
 def test_check_all_with_missing_features_is_not_ok() -> None:
-    rc, output = recorded("check-all")
+    rc, output = recorded_criu("check-all")
     assert rc == 1
     result = parse_check_output(rc, output)
     # "Looks good but some kernel features are missing" with rc=1 is not good.

@@ -12,13 +12,13 @@ fake starts is killed when its test ends.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,30 +27,25 @@ from typing import Any
 
 import criu_daemon
 import pytest
-from ansible.module_utils.testing import patch_module_args
+from criu_cli import build_criu_argv
+from fakes import (
+    CRIU_STATS,
+    FIXTURES,
+    assert_refused_before_criu,
+    criu_calls,
+    install_fake_criu,
+    run_ansible_module,
+)
 from processes import ProcessFiles, cmdline, is_alive, read_exit, start_detached, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 LOGS = FIXTURES / "criu_logs"
 
-FAKE_CRIU = textwrap.dedent(
-    """\
-    #!{python}
+FAKE_CRIU = """\
     # CRIU's background processes, faked. FAKE_CRIU_MODE: ok | fail | dead-daemon | lazy-tee.
     # FAKE_DAEMON_LOG: the recorded log a page-server / lazy-pages daemon writes.
-    import json, os, shutil, subprocess, sys, time
-    from pathlib import Path
-
     stats = Path({stats!r})
-    args = sys.argv[1:]
-    Path(os.environ["FAKE_CRIU_CALLS"]).open("a").write(json.dumps(args) + "\\n")
-    mode = os.environ.get("FAKE_CRIU_MODE", "ok")
-
-
-    def opt(name):
-        return args[args.index(name) + 1] if name in args else None
 
 
     def started(pid):
@@ -58,23 +53,10 @@ FAKE_CRIU = textwrap.dedent(
             out.write(f"{{pid}}\\n")
 
 
-    def wait_for(path, seconds=10.0):
-        deadline = time.monotonic() + seconds
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-
     images = Path(opt("--images-dir"))
     log = Path(opt("--log-file"))
-    rlimit = "(00.000301) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\\n"
     if mode == "fail":
-        log.write_text(
-            "(00.000000) Version: 4.2.1 (gitid 0)\\n" + rlimit
-            + "(00.010220) Error (criu/files-reg.c:1710): Can't lookup mount=22 for fd=3 path=/dev/pts/0\\n"
-            + "(00.010500) Error (criu/cr-dump.c:2111): Dumping FAILED.\\n"
-        )
-        print("Error (criu/cr-dump.c:2111): Dumping FAILED.")
-        sys.exit(1)
+        fail_to_dump(log)
     if args[0] in ("page-server", "lazy-pages"):
         assert "--daemon" in args, args
         pidfile = Path(opt("--pidfile"))
@@ -91,9 +73,9 @@ FAKE_CRIU = textwrap.dedent(
             log.write_text(Path(os.environ["FAKE_DAEMON_LOG"]).read_text())
             Path(f"{{pidfile}}.tmp").write_text(f"{{os.getpid()}}\\n")
             os.replace(f"{{pidfile}}.tmp", pidfile)
-            wait_for(images / "done", 30)
+            wait_for((images / "done").exists, 30)
             os._exit(0)
-        wait_for(pidfile, 5)  # criu --daemon returns once the daemon runs
+        wait_for(pidfile.exists, 5)  # criu --daemon returns once the daemon runs
         sys.exit(0)
     if args[0] == "dump" and "--lazy-pages" in args:
         started(os.getpid())
@@ -105,7 +87,7 @@ FAKE_CRIU = textwrap.dedent(
         started(helper.pid)
         (images / "helper.pid").write_text(str(helper.pid))
         log.write_text(rlimit + "(00.079777) Starting lazy pages server\\n")
-        wait_for(images / "served")
+        wait_for((images / "served").exists)
         helper.kill()
         helper.wait()
         with log.open("a") as out:
@@ -120,19 +102,12 @@ FAKE_CRIU = textwrap.dedent(
     print("unexpected call", args)
     sys.exit(2)
     """
-)
 
 
 @pytest.fixture
 def fake_criu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "bin" / "criu"
-    path.parent.mkdir()
-    path.write_text(
-        FAKE_CRIU.format(python=sys.executable, stats=str(FIXTURES / "criu_stats" / "full-dump"))
-    )
-    path.chmod(0o755)
+    path = install_fake_criu(tmp_path, monkeypatch, FAKE_CRIU, stats=str(CRIU_STATS))
     pids = tmp_path / "fake-pids"
-    monkeypatch.setenv("FAKE_CRIU_CALLS", str(tmp_path / "calls.jsonl"))
     monkeypatch.setenv("FAKE_CRIU_PIDS", str(pids))
     yield path
     # whatever the fake started and a test left running (each runs with tmp_path in argv)
@@ -171,21 +146,7 @@ def exit_status(exit_file: Path) -> int:
     return ended[0]
 
 
-def criu_calls(tmp_path: Path) -> list[list[str]]:
-    calls = tmp_path / "calls.jsonl"
-    if not calls.exists():
-        return []
-    return [json.loads(line) for line in calls.read_text().splitlines()]
-
-
-def run_module(
-    args: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> tuple[int, dict[str, Any]]:
-    capsys.readouterr()
-    with patch_module_args(args), pytest.raises(SystemExit) as excinfo:
-        criu_daemon.main()
-    out = capsys.readouterr().out
-    return int(excinfo.value.code or 0), json.loads(out)
+run_module = functools.partial(run_ansible_module, criu_daemon)
 
 
 def companions(pidfile: Path) -> dict[str, bool]:
@@ -197,6 +158,24 @@ def companions(pidfile: Path) -> dict[str, bool]:
         "json": files.meta_file.exists(),
         "out": files.output.exists(),
     }
+
+
+def start_args(
+    daemon: str, images: Path, pidfile: Path, fake_criu: Path, **extra: Any
+) -> dict[str, Any]:
+    """criu_daemon's arguments to start the `daemon` on `images` with the fake criu."""
+    return {
+        "daemon": daemon,
+        "images_dir": str(images),
+        "pidfile": str(pidfile),
+        "criu_bin": str(fake_criu),
+        **extra,
+    }
+
+
+def stop_args(daemon: str, pidfile: Path, **extra: Any) -> dict[str, Any]:
+    """criu_daemon's arguments to stop the `daemon` of `pidfile`."""
+    return {"daemon": daemon, "state": "stopped", "pidfile": str(pidfile), **extra}
 
 
 NONE_LEFT = {"pid": False, "rc": False, "json": False, "out": False}
@@ -243,10 +222,7 @@ def test_bad_arguments_are_refused(
     if "pidfile" not in message:
         args["pidfile"] = str(tmp_path / "d.pid")
     rc, result = run_module(args, capsys)
-    assert rc == 1
-    assert result["failed"] is True
-    assert result["msg"] == message
-    assert criu_calls(tmp_path) == []
+    assert_refused_before_criu(rc, result, message, tmp_path)
     assert not (tmp_path / "d.pid").exists()
 
 
@@ -258,38 +234,35 @@ def test_start_in_check_mode_reports_the_argv_and_starts_nothing(
 ) -> None:
     images, pidfile = tmp_path / "images" / "1", tmp_path / "lazy.pid"
     rc, result = run_module(
-        {
-            "daemon": "lazy-pages",
-            "images_dir": str(images),
-            "page_server": True,
-            "address": "10.77.0.11",
-            "port": 27001,
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-            "_ansible_check_mode": True,
-        },
+        start_args(
+            "lazy-pages",
+            images,
+            pidfile,
+            fake_criu,
+            page_server=True,
+            address="10.77.0.11",
+            port=27001,
+            _ansible_check_mode=True,
+        ),
         capsys,
     )
     assert rc == 0
     assert result["changed"] is True
     assert result["msg"] == "check mode: nothing was started"
-    assert result["cmd"] == [
+    # the argv is the arguments (and the default log file) through build_criu_argv, whose
+    # output tests/unit/test_criu_cli.py pins flag by flag
+    assert result["cmd"] == build_criu_argv(
         str(fake_criu),
         "lazy-pages",
-        "--images-dir",
-        str(images),
-        "--log-file",
-        str(images / "criu-lazy-pages.log"),
-        "-v4",
-        "--page-server",
-        "--address",
-        "10.77.0.11",
-        "--port",
-        "27001",
-        "--daemon",
-        "--pidfile",
-        str(pidfile),
-    ]
+        {
+            "images_dir": str(images),
+            "log_file": str(images / "criu-lazy-pages.log"),
+            "page_server": True,
+            "address": "10.77.0.11",
+            "port": 27001,
+            "pidfile": str(pidfile),
+        },
+    )
     assert criu_calls(tmp_path) == []
     assert not images.exists() and not pidfile.exists()
 
@@ -304,14 +277,7 @@ def test_stop_in_check_mode_leaves_the_process_alone(
     pidfile = tmp_path / "ps.pid"
     pidfile.write_text(f"{pid}\n")
     rc, result = run_module(
-        {
-            "daemon": "page-server",
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-            "_ansible_check_mode": True,
-        },
-        capsys,
+        stop_args("page-server", pidfile, criu_bin=str(fake_criu), _ansible_check_mode=True), capsys
     )
     assert rc == 0
     assert (result["changed"], result["pid"]) == (False, pid)
@@ -326,15 +292,7 @@ def test_stop_when_the_pidfile_is_gone(
     fake_criu: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "ps.pid"
-    rc, result = run_module(
-        {
-            "daemon": "page-server",
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-        },
-        capsys,
-    )
+    rc, result = run_module(stop_args("page-server", pidfile, criu_bin=str(fake_criu)), capsys)
     assert rc == 0
     assert result["changed"] is False
     assert result["msg"] == f"no pidfile {pidfile}: nothing to stop"
@@ -346,9 +304,7 @@ def test_an_empty_pidfile_is_removed_with_its_companions(
     pidfile = tmp_path / "ps.pid"
     pidfile.write_text("")  # the daemon died before writing it
     Path(f"{pidfile}.json").write_text("{}")
-    rc, result = run_module(
-        {"daemon": "page-server", "state": "stopped", "pidfile": str(pidfile)}, capsys
-    )
+    rc, result = run_module(stop_args("page-server", pidfile), capsys)
     assert rc == 0
     assert result["changed"] is False
     assert result["msg"] == f"empty pidfile {pidfile} removed"
@@ -364,15 +320,7 @@ def test_stop_a_running_daemon(
     pid, exit_file = sleeper(30)
     pidfile = tmp_path / "lazy.pid"
     pidfile.write_text(f"{pid}\n")
-    rc, result = run_module(
-        {
-            "daemon": "lazy-pages",
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-        },
-        capsys,
-    )
+    rc, result = run_module(stop_args("lazy-pages", pidfile, criu_bin=str(fake_criu)), capsys)
     assert rc == 0
     assert exit_status(exit_file) == -15  # SIGTERM
     assert result["changed"] is True
@@ -389,15 +337,7 @@ def test_stop_a_daemon_that_already_exited(
     gone = dead_pid()
     pidfile = tmp_path / "ps.pid"
     pidfile.write_text(str(gone))
-    rc, result = run_module(
-        {
-            "daemon": "page-server",
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-        },
-        capsys,
-    )
+    rc, result = run_module(stop_args("page-server", pidfile, criu_bin=str(fake_criu)), capsys)
     assert rc == 0
     assert result["changed"] is False
     assert result["finished"] is True and result["terminated"] is False
@@ -415,14 +355,7 @@ def test_stop_without_meta_still_requires_the_end(
     pidfile = tmp_path / "ps.pid"
     pidfile.write_text(str(pid))
     rc, result = run_module(
-        {
-            "daemon": "page-server",
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "require_finished": True,
-            "criu_bin": str(fake_criu),
-        },
-        capsys,
+        stop_args("page-server", pidfile, require_finished=True, criu_bin=str(fake_criu)), capsys
     )
     assert rc == 1
     assert result["msg"] == (
@@ -459,28 +392,25 @@ def daemon_files(
     return pidfile, log, images
 
 
+@pytest.mark.env(FAKE_DAEMON_LOG=str(LOGS / "page-server" / "page-server.log"))
 def test_page_server_start_leaves_what_stopping_it_needs(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_DAEMON_LOG", str(LOGS / "page-server" / "page-server.log"))
     images, pidfile = tmp_path / "images" / "1", tmp_path / "criu-page-server.pid"
     log = tmp_path / "criu-page-server.log"
     pidfile.write_text("1\n")  # a stale pidfile from an earlier run is removed first
     before = time.time()
     rc, result = run_module(
-        {
-            "daemon": "page-server",
-            "images_dir": str(images),
-            "address": "10.77.0.12",
-            "port": 27000,
-            "log_file": str(log),
-            "pidfile": str(pidfile),
-            "metrics_phase": "page_server_final",
-            "criu_bin": str(fake_criu),
-        },
+        start_args(
+            "page-server",
+            images,
+            pidfile,
+            fake_criu,
+            address="10.77.0.12",
+            port=27000,
+            log_file=str(log),
+            metrics_phase="page_server_final",
+        ),
         capsys,
     )
     assert rc == 0, result
@@ -513,14 +443,7 @@ def test_page_server_start_leaves_what_stopping_it_needs(
     (images / "pages-1.img").write_bytes(b"\0" * 3 * 4096)
     (images / "done").write_text("")
     rc, stopped = run_module(
-        {
-            "daemon": "page-server",
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "wait_s": 10,
-            "require_finished": True,
-        },
-        capsys,
+        stop_args("page-server", pidfile, wait_s=10, require_finished=True), capsys
     )
     assert rc == 0, stopped
     assert stopped["finished"] is True and stopped["changed"] is False
@@ -533,29 +456,19 @@ def test_page_server_start_leaves_what_stopping_it_needs(
     assert companions(pidfile) == NONE_LEFT
 
 
+@pytest.mark.env(FAKE_DAEMON_LOG=str(LOGS / "lazy-network" / "lazy-pages.log"))
 def test_a_lazy_pages_daemon_started_and_stopped(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_DAEMON_LOG", str(LOGS / "lazy-network" / "lazy-pages.log"))
     images, pidfile = tmp_path / "images" / "1", tmp_path / "criu-lazy-pages.pid"
     rc, started = run_module(
-        {
-            "daemon": "lazy-pages",
-            "images_dir": str(images),
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-        },
+        start_args("lazy-pages", images, pidfile, fake_criu),
         capsys,
     )
     assert rc == 0, started
     assert started["log_file"] == str(images / "criu-lazy-pages.log")
     assert "--page-server" not in started["cmd"] and "--address" not in started["cmd"]
-    rc, stopped = run_module(
-        {"daemon": "lazy-pages", "state": "stopped", "pidfile": str(pidfile)}, capsys
-    )
+    rc, stopped = run_module(stop_args("lazy-pages", pidfile), capsys)
     assert rc == 0  # without require_finished
     assert stopped["terminated"] is True and stopped["changed"] is True
     assert not is_alive(started["pid"])
@@ -564,23 +477,13 @@ def test_a_lazy_pages_daemon_started_and_stopped(
     assert companions(pidfile) == NONE_LEFT
 
 
+@pytest.mark.env(FAKE_CRIU_MODE="fail")
 def test_a_daemon_that_fails_to_start_names_crius_reason(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "fail")
     images, pidfile = tmp_path / "images" / "1", tmp_path / "ps.pid"
     rc, result = run_module(
-        {
-            "daemon": "page-server",
-            "images_dir": str(images),
-            "address": "10.77.0.12",
-            "port": 27000,
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-        },
+        start_args("page-server", images, pidfile, fake_criu, address="10.77.0.12", port=27000),
         capsys,
     )
     log = images / "criu-page-server.log"
@@ -595,21 +498,13 @@ def test_a_daemon_that_fails_to_start_names_crius_reason(
     assert not Path(f"{pidfile}.json").exists()
 
 
+@pytest.mark.env(FAKE_CRIU_MODE="dead-daemon")
 def test_a_daemon_that_is_gone_once_started_fails(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "dead-daemon")
     images, pidfile = tmp_path / "images" / "1", tmp_path / "ps.pid"
     rc, result = run_module(
-        {
-            "daemon": "lazy-pages",
-            "images_dir": str(images),
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-        },
+        start_args("lazy-pages", images, pidfile, fake_criu),
         capsys,
     )
     assert rc == 1
@@ -631,14 +526,9 @@ def test_stop_a_page_server_that_ended_by_itself_reports_its_session(
     (images / "pages-1.img").write_bytes(b"\0" * 3 * 4096)
     (images / "pagemap-77.img").write_bytes(b"\0" * 100)
     rc, result = run_module(
-        {
-            "daemon": "page-server",
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "wait_s": 10,
-            "require_finished": True,
-            "criu_bin": str(fake_criu),
-        },
+        stop_args(
+            "page-server", pidfile, wait_s=10, require_finished=True, criu_bin=str(fake_criu)
+        ),
         capsys,
     )
     assert rc == 0, result
@@ -671,15 +561,7 @@ def test_a_page_server_that_missed_the_session_end_fails_when_required(
     log.write_text(
         "\n".join(line for line in log.read_text().splitlines() if "Session over" not in line)
     )
-    rc, result = run_module(
-        {
-            "daemon": "page-server",
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "require_finished": True,
-        },
-        capsys,
-    )
+    rc, result = run_module(stop_args("page-server", pidfile, require_finished=True), capsys)
     assert rc == 1
     assert result["msg"] == (
         f"criu page-server on {platform.node()} did not see the dump's session through "
@@ -697,14 +579,9 @@ def test_a_lazy_pages_daemon_still_serving_fails_when_it_must_have_finished(
     pid, exit_file = sleeper(30)
     pidfile, log, _ = daemon_files(tmp_path, "lazy-pages", "lazy-network/lazy-pages.log", pid)
     rc, result = run_module(
-        {
-            "daemon": "lazy-pages",
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "wait_s": 0.2,
-            "require_finished": True,
-            "criu_bin": str(fake_criu),
-        },
+        stop_args(
+            "lazy-pages", pidfile, wait_s=0.2, require_finished=True, criu_bin=str(fake_criu)
+        ),
         capsys,
     )
     assert exit_status(exit_file) == -15  # stopped with SIGTERM
@@ -730,14 +607,7 @@ def test_a_lazy_pages_daemon_that_served_every_page(
     pid, _ = sleeper(0.2)
     pidfile, _, _ = daemon_files(tmp_path, "lazy-pages", "lazy-images/lazy-pages.log", pid)
     rc, result = run_module(
-        {
-            "daemon": "lazy-pages",
-            "state": "stopped",
-            "pidfile": str(pidfile),
-            "wait_s": 10,
-            "require_finished": True,
-            "criu_bin": str(fake_criu),
-        },
+        stop_args("lazy-pages", pidfile, wait_s=10, require_finished=True, criu_bin=str(fake_criu)),
         capsys,
     )
     assert rc == 0, result
@@ -789,12 +659,7 @@ def test_a_lazy_dump_returns_once_it_serves_and_is_collected_when_done(
 
     (images / "served").write_text("")  # the destination fetched every page
     rc, stopped = run_module(
-        {
-            **lazy_dump_args(tmp_path, fake_criu),
-            "state": "stopped",
-            "wait_s": 10,
-            "require_finished": True,
-        },
+        lazy_dump_args(tmp_path, fake_criu, state="stopped", wait_s=10, require_finished=True),
         capsys,
     )
     assert rc == 0, stopped
@@ -808,6 +673,8 @@ def test_a_lazy_dump_returns_once_it_serves_and_is_collected_when_done(
     assert final["data"]["finished_at"] == data["finished_at"]
     assert final["data"]["served_s"] > 0
     assert final["data"]["stats"]["frozen_s"] == 0.013432
+    # the completed record still says how CRIU was run (metrics.json final_dump.cmd)
+    assert final["data"]["cmd"] == started["cmd"] and "--lazy-pages" in started["cmd"]
     assert "resumed_pid" not in stopped
     assert companions(pidfile) == NONE_LEFT  # CRIU printed nothing: its output goes too
 
@@ -821,7 +688,7 @@ def test_a_lazy_dump_stopped_while_serving_takes_its_process_group_along(
     helper = int((images / "helper.pid").read_text())
     assert is_alive(helper) and os.getpgid(helper) == started["pid"]
 
-    rc, stopped = run_module({**lazy_dump_args(tmp_path, fake_criu), "state": "stopped"}, capsys)
+    rc, stopped = run_module(lazy_dump_args(tmp_path, fake_criu, state="stopped"), capsys)
     assert rc == 0, stopped  # without require_finished: the always' stop
     assert stopped["terminated"] is True and stopped["changed"] is True
     assert stopped["msg"] == f"stopped criu lazy-dump {started['pid']}"
@@ -838,7 +705,7 @@ def test_a_lazy_dump_required_to_finish_fails_when_it_was_stopped(
     rc, started = run_module(lazy_dump_args(tmp_path, fake_criu), capsys)
     assert rc == 0, started
     rc, stopped = run_module(
-        {**lazy_dump_args(tmp_path, fake_criu), "state": "stopped", "require_finished": True},
+        lazy_dump_args(tmp_path, fake_criu, state="stopped", require_finished=True),
         capsys,
     )
     assert rc == 1
@@ -850,24 +717,16 @@ def test_a_lazy_dump_required_to_finish_fails_when_it_was_stopped(
     assert companions(tmp_path / "criu-dump-lazy.pid") == NONE_LEFT
 
 
+@pytest.mark.env(FAKE_CRIU_MODE="lazy-tee")
 def test_a_lazy_dump_that_cannot_serve_names_crius_reason(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "lazy-tee")
     pidfile = tmp_path / "criu-dump-lazy.pid"
     rc, started = run_module(lazy_dump_args(tmp_path, fake_criu), capsys)
     assert rc == 0, started
     (tmp_path / "images" / "1" / "served").write_text("")  # the first page is asked for
     rc, stopped = run_module(
-        {
-            **lazy_dump_args(tmp_path, fake_criu),
-            "state": "stopped",
-            "wait_s": 10,
-            "require_finished": True,
-        },
+        lazy_dump_args(tmp_path, fake_criu, state="stopped", wait_s=10, require_finished=True),
         capsys,
     )
     assert rc == 1
@@ -883,13 +742,10 @@ def test_a_lazy_dump_that_cannot_serve_names_crius_reason(
     assert "Dumping FAILED" in Path(f"{pidfile}.out").read_text()
 
 
+@pytest.mark.env(FAKE_CRIU_MODE="lazy-tee")
 def test_a_lazy_dump_that_gave_up_leaves_the_workload_running_on_the_source(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "lazy-tee")
     workload = subprocess.Popen(["sleep", "30"])  # CRIU unfroze it when the transfer failed
     try:
         args = lazy_dump_args(tmp_path, fake_criu, pid=workload.pid)
@@ -912,13 +768,10 @@ def test_a_lazy_dump_that_gave_up_leaves_the_workload_running_on_the_source(
     assert metrics["data"]["dump"]["lazy_network"] is True
 
 
+@pytest.mark.env(FAKE_CRIU_MODE="fail")
 def test_a_lazy_dump_failing_before_it_serves(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "fail")
     rc, result = run_module(lazy_dump_args(tmp_path, fake_criu), capsys)
     assert rc == 1
     assert "Can't lookup mount=22" in result["msg"]
@@ -935,9 +788,7 @@ def test_a_lazy_dump_needs_a_pidfile(
     args = lazy_dump_args(tmp_path, fake_criu)
     del args["pidfile"]
     rc, result = run_module(args, capsys)
-    assert rc == 1
-    assert result["msg"] == "missing required arguments: pidfile"
-    assert criu_calls(tmp_path) == []
+    assert_refused_before_criu(rc, result, "missing required arguments: pidfile", tmp_path)
 
 
 def test_a_lazy_dump_exit_status_recorded_a_moment_late_is_awaited(
@@ -952,15 +803,7 @@ def test_a_lazy_dump_exit_status_recorded_a_moment_late_is_awaited(
     writer = threading.Timer(0.3, lambda: files.exit_file.write_text(f"0 {time.time()}\n"))
     writer.start()
     try:
-        rc, result = run_module(
-            {
-                "daemon": "lazy-dump",
-                "state": "stopped",
-                "pidfile": str(pidfile),
-                "require_finished": True,
-            },
-            capsys,
-        )
+        rc, result = run_module(stop_args("lazy-dump", pidfile, require_finished=True), capsys)
     finally:
         writer.join()
     assert rc == 0, result

@@ -6,8 +6,6 @@ Probes are shaped like `criu action=check` results (library/criu.py), filled fro
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +18,8 @@ from criu_filters import (
     criu_version_at_least,
     lazy_network_facts,
 )
+from fakes import CRIU_CLI, CRIU_CLI_KERNEL, CRIU_CLI_RCS
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "criu_cli"
-RCS = json.loads((FIXTURES / "rc.json").read_text())
-KERNEL = (FIXTURES / "uname-r.txt").read_text().strip()
 FEATURES = ("mem_dirty_track", "uffd-noncoop", "network_lock_nftables")
 
 # `apt-cache policy criu` when no repository carries criu.
@@ -62,17 +58,20 @@ def recorded_probe() -> dict[str, Any]:
         "changed": False,
         "criu_bin": "/usr/local/sbin/criu",
         "version": "4.2.1",
-        "version_output": (FIXTURES / "version.txt").read_text().strip(),
+        "version_output": (CRIU_CLI / "version.txt").read_text().strip(),
         "check": {"ok": True, "summary": "Looks good.", "errors": [], "warnings": []},
         # the module decides a feature on `criu check --feature NAME`'s exit status
-        "features": {name: RCS[f"check-feature-{name}"]["rc"] == 0 for name in FEATURES},
-        "kernel": KERNEL,
+        "features": {name: CRIU_CLI_RCS[f"check-feature-{name}"]["rc"] == 0 for name in FEATURES},
+        # `criu check --tls` passes: this CRIU links GnuTLS; root here lacks CAP_SYS_RESOURCE
+        "tls": {"ok": CRIU_CLI_RCS["check-tls"]["rc"] == 0, "reason": ""},
+        "cap_sys_resource": False,
+        "kernel": CRIU_CLI_KERNEL,
     }
 
 
 def test_recorded_kernel_and_features() -> None:
     probe = recorded_probe()
-    assert KERNEL == "6.18.44-fc-v595"
+    assert CRIU_CLI_KERNEL == "6.18.44-fc-v595"
     assert probe["features"] == {
         "mem_dirty_track": False,
         "uffd-noncoop": True,
@@ -100,8 +99,8 @@ def test_criu_version_at_least(version: str | None, minimum: Any, expected: bool
 
 
 def test_apt_candidate_on_this_machine() -> None:
-    assert RCS["apt-cache-policy-criu"]["rc"] == 0
-    policy = (FIXTURES / "apt-cache-policy-criu.txt").read_text()
+    assert CRIU_CLI_RCS["apt-cache-policy-criu"]["rc"] == 0
+    policy = (CRIU_CLI / "apt-cache-policy-criu.txt").read_text()
     assert "Candidate: 3.17.1-2+deb12u2" in policy
     assert criu_apt_candidate(policy) == "3.17.1"
 
@@ -162,6 +161,9 @@ def test_facts_on_this_machine_nftables_lock_no_soft_dirty() -> None:
         "lazy_pages": True,
         "network_lock": "nftables",
         "features": probe["features"],
+        "tls": True,
+        "tls_reason": "",
+        "cap_sys_resource": False,
         **NOT_PROBED,
     }
 
@@ -214,6 +216,9 @@ def test_facts_from_an_empty_probe() -> None:
         "lazy_pages": False,
         "network_lock": "",
         "features": {},
+        "tls": False,
+        "tls_reason": "",
+        "cap_sys_resource": False,
         **NOT_PROBED,
     }
 

@@ -10,63 +10,45 @@ tests/unit/test_criu_daemon.py.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import platform
 import re
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import criu
 import pytest
-from ansible.module_utils.testing import patch_module_args
+from criu_cli import build_criu_argv
+from fakes import (
+    CRIU_CLI,
+    CRIU_STATS,
+    assert_refused_before_criu,
+    criu_calls,
+    install_fake_criu,
+    run_ansible_module,
+)
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-
-FAKE_CRIU = textwrap.dedent(
-    """\
-    #!{python}
+FAKE_CRIU = """\
     # Replays recorded CRIU output.
     # FAKE_CRIU_MODE: ok | fail | no-stats | hang | restore-gone.
-    import json, os, shutil, sys, time
-    from pathlib import Path
-
     cli = Path({cli!r})
     stats = Path({stats!r})
-    args = sys.argv[1:]
-    Path(os.environ["FAKE_CRIU_CALLS"]).open("a").write(json.dumps(args) + "\\n")
-    mode = os.environ.get("FAKE_CRIU_MODE", "ok")
-
-
-    def opt(name):
-        return args[args.index(name) + 1] if name in args else None
-
-
     if args == ["--version"]:
         sys.stdout.write((cli / "version.txt").read_text())
         sys.exit(0)
     if args[0] == "check":
-        name = "check" if len(args) == 1 else "check-feature-" + args[2]
+        name = "check" if len(args) == 1 else "check-tls" if args[1] == "--tls" else "check-feature-" + args[2]
         rcs = json.loads((cli / "rc.json").read_text())
         sys.stdout.write((cli / (name + ".txt")).read_text())
         sys.exit(rcs[name]["rc"])
     work = Path(opt("--work-dir") or opt("--images-dir"))
     log = Path(opt("--log-file"))
-    rlimit = "(00.000301) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\\n"
     if mode == "hang":
-        print("(00.000100) freezing tasks", flush=True)
-        time.sleep(30)
+        hang()
     if mode == "fail":
-        log.write_text(
-            "(00.000000) Version: 4.2.1 (gitid 0)\\n" + rlimit
-            + "(00.010220) Error (criu/files-reg.c:1710): Can't lookup mount=22 for fd=3 path=/dev/pts/0\\n"
-            + "(00.010500) Error (criu/cr-dump.c:2111): Dumping FAILED.\\n"
-        )
-        print("Error (criu/cr-dump.c:2111): Dumping FAILED.")
-        sys.exit(1)
+        fail_to_dump(log)
     log.write_text("(00.000000) Version: 4.2.1 (gitid 0)\\n" + rlimit + "(00.020000) finished successfully\\n")
     if mode != "no-stats" and args[0] in ("dump", "pre-dump"):
         shutil.copy(stats / "stats-dump", work / "stats-dump")
@@ -78,40 +60,32 @@ FAKE_CRIU = textwrap.dedent(
         Path(opt("--pidfile")).write_text(str(pid))
     sys.exit(0)
     """
-)
 
 
 @pytest.fixture
 def fake_criu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "bin" / "criu"
-    path.parent.mkdir()
-    path.write_text(
-        FAKE_CRIU.format(
-            python=sys.executable,
-            cli=str(FIXTURES / "criu_cli"),
-            stats=str(FIXTURES / "criu_stats" / "full-dump"),
-        )
+    return install_fake_criu(
+        tmp_path, monkeypatch, FAKE_CRIU, cli=str(CRIU_CLI), stats=str(CRIU_STATS)
     )
-    path.chmod(0o755)
-    monkeypatch.setenv("FAKE_CRIU_CALLS", str(tmp_path / "calls.jsonl"))
-    return path
 
 
-def criu_calls(tmp_path: Path) -> list[list[str]]:
-    calls = tmp_path / "calls.jsonl"
-    if not calls.exists():
-        return []
-    return [json.loads(line) for line in calls.read_text().splitlines()]
+run_module = functools.partial(run_ansible_module, criu)
 
 
-def run_module(
-    args: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> tuple[int, dict[str, Any]]:
-    capsys.readouterr()
-    with patch_module_args(args), pytest.raises(SystemExit) as excinfo:
-        criu.main()
-    out = capsys.readouterr().out
-    return int(excinfo.value.code or 0), json.loads(out)
+def dump_args(fake_criu: Path, images: Path, **extra: Any) -> dict[str, Any]:
+    """criu's arguments to dump process 20001 into `images` with the fake criu."""
+    return {
+        "action": "dump",
+        "pid": 20001,
+        "images_dir": str(images),
+        "criu_bin": str(fake_criu),
+        **extra,
+    }
+
+
+def restore_args(fake_criu: Path, images: Path, **extra: Any) -> dict[str, Any]:
+    """criu's arguments to restore from `images` with the fake criu."""
+    return {"action": "restore", "images_dir": str(images), "criu_bin": str(fake_criu), **extra}
 
 
 # -- argument validation ----------------------------------------------------------------------
@@ -167,10 +141,7 @@ def test_bad_arguments_are_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     rc, result = run_module({"criu_bin": str(fake_criu), **args}, capsys)
-    assert rc == 1
-    assert result["failed"] is True
-    assert result["msg"] == message
-    assert criu_calls(tmp_path) == []
+    assert_refused_before_criu(rc, result, message, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -198,13 +169,7 @@ def test_options_of_the_old_module_are_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     rc, result = run_module(
-        {
-            "action": "dump",
-            "pid": 20001,
-            "images_dir": str(tmp_path / "i"),
-            "criu_bin": str(fake_criu),
-            option: value,
-        },
+        dump_args(fake_criu, tmp_path / "i", **{option: value}),
         capsys,
     )
     assert rc == 1
@@ -223,22 +188,15 @@ def test_a_post_copy_dump_is_criu_daemons(
     # page was fetched (or the timeout), holding the task and the workload frozen
     started = time.monotonic()
     rc, result = run_module(
-        {
-            "action": "dump",
-            "pid": 20001,
-            "images_dir": str(tmp_path / "i"),
-            "lazy_pages": True,
-            "address": "10.77.0.11",
-            "port": 27001,
-            "criu_bin": str(fake_criu),
-        },
+        dump_args(fake_criu, tmp_path / "i", lazy_pages=True, address="10.77.0.11", port=27001),
         capsys,
     )
-    assert rc == 1
-    assert result["msg"] == (
-        "criu dump with lazy_pages=true is network post-copy: use criu_daemon daemon=lazy-dump"
+    assert_refused_before_criu(
+        rc,
+        result,
+        "criu dump with lazy_pages=true is network post-copy: use criu_daemon daemon=lazy-dump",
+        tmp_path,
     )
-    assert criu_calls(tmp_path) == []
     assert time.monotonic() - started < 5
 
 
@@ -254,9 +212,7 @@ def test_a_dump_without_a_process_tree_fails_cleanly(
         },
         capsys,
     )
-    assert rc == 1
-    assert result["msg"] == "criu dump needs the pid of the process tree"
-    assert criu_calls(tmp_path) == []
+    assert_refused_before_criu(rc, result, "criu dump needs the pid of the process tree", tmp_path)
 
 
 # -- check mode -------------------------------------------------------------------------------
@@ -266,35 +222,15 @@ def test_dump_in_check_mode_reports_the_argv_and_runs_nothing(
     fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     images = tmp_path / "images" / "1"
-    rc, result = run_module(
-        {
-            "action": "dump",
-            "pid": 20001,
-            "images_dir": str(images),
-            "criu_bin": str(fake_criu),
-            "tcp_established": True,
-            "network_lock": "nftables",
-            "_ansible_check_mode": True,
-        },
-        capsys,
-    )
+    args = dump_args(fake_criu, images, tcp_established=True, network_lock="nftables")
+    rc, result = run_module({**args, "_ansible_check_mode": True}, capsys)
     assert rc == 0
     assert result["changed"] is True
     assert result["msg"] == "check mode: CRIU was not run"
-    assert result["cmd"] == [
-        str(fake_criu),
-        "dump",
-        "--images-dir",
-        str(images),
-        "--log-file",
-        str(images / "criu-dump.log"),
-        "-v4",
-        "--tree",
-        "20001",
-        "--tcp-established",
-        "--network-lock",
-        "nftables",
-    ]
+    # the module's arguments and its default log file through build_criu_argv, whose argv
+    # tests/unit/test_criu_cli.py pins flag by flag
+    default_log = {"log_file": str(images / "criu-dump.log")}
+    assert result["cmd"] == build_criu_argv(str(fake_criu), "dump", {**args, **default_log})
     assert "rc" not in result and "migration_metrics" not in result
     assert criu_calls(tmp_path) == []
     assert not images.exists()
@@ -304,13 +240,12 @@ def test_restore_in_check_mode_is_skipped_too(
     fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc, result = run_module(
-        {
-            "action": "restore",
-            "images_dir": str(tmp_path / "i"),
-            "pidfile": str(tmp_path / "restored.pid"),
-            "criu_bin": str(fake_criu),
-            "_ansible_check_mode": True,
-        },
+        restore_args(
+            fake_criu,
+            tmp_path / "i",
+            pidfile=str(tmp_path / "restored.pid"),
+            _ansible_check_mode=True,
+        ),
         capsys,
     )
     assert rc == 0
@@ -324,30 +259,22 @@ def test_a_lazy_restore_and_a_dump_to_a_page_server_in_check_mode(
     fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc, restore = run_module(
-        {
-            "action": "restore",
-            "images_dir": str(tmp_path / "i"),
-            "lazy_pages": True,
-            "criu_bin": str(fake_criu),
-            "_ansible_check_mode": True,
-        },
+        restore_args(fake_criu, tmp_path / "i", lazy_pages=True, _ansible_check_mode=True),
         capsys,
     )
     assert rc == 0
     assert restore["cmd"][-2:] == ["--lazy-pages", "--restore-detached"]
     rc, dump = run_module(
-        {
-            "action": "dump",
-            "pid": 20001,
-            "images_dir": str(tmp_path / "i"),
-            "page_server": True,
-            "address": "10.77.0.12",
-            "port": 27000,
-            "file_locks": True,
-            "extra_args": ["--skip-in-flight"],
-            "criu_bin": str(fake_criu),
-            "_ansible_check_mode": True,
-        },
+        dump_args(
+            fake_criu,
+            tmp_path / "i",
+            page_server=True,
+            address="10.77.0.12",
+            port=27000,
+            file_locks=True,
+            extra_args=["--skip-in-flight"],
+            _ansible_check_mode=True,
+        ),
         capsys,
     )
     assert rc == 0
@@ -401,12 +328,14 @@ def test_check_replays_this_machines_criu(
     assert result["migration_metrics"]["data"]["criu"] == "4.2.1"
     assert result["migration_metrics"]["data"]["criu_check"] == "Looks good."
     assert result["migration_metrics"]["data"]["hostname"] == platform.node()
+    assert result["tls"] == {"ok": True, "reason": ""}  # CRIU 4.2.1 here links GnuTLS
     assert criu_calls(tmp_path) == [
         ["--version"],
         ["check"],
         ["check", "--feature", "mem_dirty_track"],
         ["check", "--feature", "uffd-noncoop"],
         ["check", "--feature", "network_lock_nftables"],
+        ["check", "--tls"],
     ]
 
 
@@ -418,7 +347,7 @@ def test_dump_returns_criu_stats_and_metrics(
 ) -> None:
     images = tmp_path / "images" / "1"
     rc, result = run_module(
-        {"action": "dump", "pid": 20001, "images_dir": str(images), "criu_bin": str(fake_criu)},
+        dump_args(fake_criu, images),
         capsys,
     )
     assert rc == 0
@@ -472,14 +401,7 @@ def test_an_explicit_log_file_and_metrics_phase(
 ) -> None:
     log = tmp_path / "logs" / "dump.log"  # its folder is created
     rc, result = run_module(
-        {
-            "action": "dump",
-            "pid": 20001,
-            "images_dir": str(tmp_path / "images"),
-            "log_file": str(log),
-            "metrics_phase": "checkpoint",
-            "criu_bin": str(fake_criu),
-        },
+        dump_args(fake_criu, tmp_path / "images", log_file=str(log), metrics_phase="checkpoint"),
         capsys,
     )
     assert rc == 0, result
@@ -496,12 +418,10 @@ def test_a_previous_calls_stats_are_never_reported(
 ) -> None:
     images = tmp_path / "images" / "1"
     images.mkdir(parents=True)
-    (images / "stats-dump").write_bytes(
-        (FIXTURES / "criu_stats" / "full-dump" / "stats-dump").read_bytes()
-    )
+    (images / "stats-dump").write_bytes((CRIU_STATS / "stats-dump").read_bytes())
     monkeypatch.setenv("FAKE_CRIU_MODE", "no-stats")
     rc, result = run_module(
-        {"action": "dump", "pid": 20001, "images_dir": str(images), "criu_bin": str(fake_criu)},
+        dump_args(fake_criu, images),
         capsys,
     )
     assert rc == 0
@@ -510,16 +430,13 @@ def test_a_previous_calls_stats_are_never_reported(
     assert not (images / "stats-dump").exists()
 
 
+@pytest.mark.env(FAKE_CRIU_MODE="fail")
 def test_failed_dump_names_the_first_real_error_and_the_log(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "fail")
     images = tmp_path / "images" / "1"
     rc, result = run_module(
-        {"action": "dump", "pid": 20001, "images_dir": str(images), "criu_bin": str(fake_criu)},
+        dump_args(fake_criu, images),
         capsys,
     )
     log = images / "criu-dump.log"
@@ -541,22 +458,13 @@ def test_failed_dump_names_the_first_real_error_and_the_log(
     assert "migration_metrics" not in result
 
 
+@pytest.mark.env(FAKE_CRIU_MODE="hang")
 def test_a_dump_past_its_timeout_is_killed_and_fails(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "hang")
     images = tmp_path / "images" / "1"
     rc, result = run_module(
-        {
-            "action": "dump",
-            "pid": 20001,
-            "images_dir": str(images),
-            "timeout": 1,
-            "criu_bin": str(fake_criu),
-        },
+        dump_args(fake_criu, images, timeout=1),
         capsys,
     )
     assert rc == 1
@@ -575,13 +483,7 @@ def test_restore_reads_the_restored_pid(
     pidfile = tmp_path / "restored.pid"
     pidfile.write_text("1")  # a stale pidfile from an earlier run is removed first
     rc, result = run_module(
-        {
-            "action": "restore",
-            "images_dir": str(images),
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-            "metrics_phase": "rollback",
-        },
+        restore_args(fake_criu, images, pidfile=str(pidfile), metrics_phase="rollback"),
         capsys,
     )
     assert rc == 0
@@ -598,7 +500,7 @@ def test_restore_metrics_phase_by_default(
     fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc, result = run_module(
-        {"action": "restore", "images_dir": str(tmp_path / "i"), "criu_bin": str(fake_criu)},
+        restore_args(fake_criu, tmp_path / "i"),
         capsys,
     )
     assert rc == 0
@@ -606,21 +508,13 @@ def test_restore_metrics_phase_by_default(
     assert "pid" not in result  # no pidfile asked for
 
 
+@pytest.mark.env(FAKE_CRIU_MODE="restore-gone")
 def test_a_restored_tree_that_is_not_running_fails(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "restore-gone")
     images, pidfile = tmp_path / "images" / "1", tmp_path / "restored.pid"
     rc, result = run_module(
-        {
-            "action": "restore",
-            "images_dir": str(images),
-            "pidfile": str(pidfile),
-            "criu_bin": str(fake_criu),
-        },
+        restore_args(fake_criu, images, pidfile=str(pidfile)),
         capsys,
     )
     pid = int(pidfile.read_text())
@@ -634,13 +528,10 @@ def test_a_restored_tree_that_is_not_running_fails(
 # -- the network post-copy probe (module_utils/criu_probe.py: tests/unit/test_criu_probe.py) --
 
 
+@pytest.mark.env(FAKE_CRIU_MODE="fail")
 def test_probe_names_the_dumps_failure_and_caches_the_verdict(
-    fake_criu: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    fake_criu: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "fail")
     args = {
         "action": "check",
         "probe": "lazy_pages_network",

@@ -22,38 +22,16 @@ import criu_probe
 import pytest
 from criu_probe import PROBE_NAME, probe_lazy_pages_network
 from criu_runner import CriuRunner
+from fakes import criu_call_records, install_fake_criu, install_script
 from processes import is_alive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
-FAKE_CRIU = textwrap.dedent(
-    """\
-    #!{python}
+FAKE_CRIU = """\
     # FAKE_CRIU_MODE: ok | dump-fail | lazy-fail | restore-fail
-    import json, os, sys, time
-    from pathlib import Path
-
-    args = sys.argv[1:]
-    with open(os.environ["FAKE_CRIU_CALLS"], "a") as calls:
-        calls.write(json.dumps({{"pid": os.getpid(), "args": args}}) + "\\n")
-    mode = os.environ.get("FAKE_CRIU_MODE", "ok")
-
-
-    def opt(name):
-        return args[args.index(name) + 1] if name in args else None
-
-
-    def wait_for(done, seconds=10.0):
-        deadline = time.monotonic() + seconds
-        while not done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return done()
-
-
     images = Path(opt("--images-dir"))
     log = Path(opt("--log-file"))
     probe = images.parent  # the probe's folder: source/, destination/, the logs
-    rlimit = "(00.000301) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\\n"
     if args[0] == "dump":
         if mode == "dump-fail":
             log.write_text(rlimit + "(00.237586) Error (criu/page-pipe.c:418): page-pipe: tee: 65536: Operation not permitted\\n")
@@ -87,7 +65,6 @@ FAKE_CRIU = textwrap.dedent(
         sys.exit(0)
     sys.exit(2)
     """
-)
 
 FAKE_UNSHARE = textwrap.dedent(
     """\
@@ -104,29 +81,16 @@ FAKE_UNSHARE = textwrap.dedent(
 )
 
 
-def script(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.format(python=sys.executable))
-    path.chmod(0o755)
-    return path
-
-
 @pytest.fixture
 def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     """(criu, unshare); the probe's temporary folders go under tmp_path/tmp."""
-    monkeypatch.setenv("FAKE_CRIU_CALLS", str(tmp_path / "calls.jsonl"))
     monkeypatch.setenv("FAKE_UNSHARE_CALLS", str(tmp_path / "unshare.jsonl"))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     return (
-        script(tmp_path / "bin" / "criu", FAKE_CRIU),
-        script(tmp_path / "bin" / "unshare", FAKE_UNSHARE),
+        install_fake_criu(tmp_path, monkeypatch, FAKE_CRIU),
+        install_script(tmp_path / "bin" / "unshare", FAKE_UNSHARE.format(python=sys.executable)),
     )
-
-
-def calls(tmp_path: Path) -> list[dict[str, Any]]:
-    path = tmp_path / "calls.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def opt(argv: list[str], name: str) -> str:
@@ -150,7 +114,7 @@ def test_a_working_round_trip(fakes: tuple[Path, Path], tmp_path: Path) -> None:
     assert verdict["criu_bin"] == str(fakes[0])
     assert 0 < verdict["duration_s"] < 10
 
-    dump, lazy, restore = calls(tmp_path)
+    dump, lazy, restore = criu_call_records(tmp_path)
     # the source: the throwaway process dumped with --lazy-pages, serving a local port
     assert dump["args"][0] == "dump"
     port = opt(dump["args"], "--port")
@@ -175,7 +139,7 @@ def test_a_working_round_trip(fakes: tuple[Path, Path], tmp_path: Path) -> None:
     # nothing is left behind: the throwaway process, CRIU, the probe's folder
     child = int(opt(dump["args"], "--tree"))
     assert not is_alive(child)
-    assert not any(is_alive(call["pid"]) for call in calls(tmp_path))
+    assert not any(is_alive(call["pid"]) for call in criu_call_records(tmp_path))
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
@@ -216,7 +180,7 @@ def test_the_failing_side_and_crius_reason(
     monkeypatch.setenv("FAKE_CRIU_MODE", mode)
     verdict = probe(fakes)
     assert (verdict["ok"], verdict["side"], verdict["reason"]) == (False, side, reason)
-    made = calls(tmp_path)
+    made = criu_call_records(tmp_path)
     assert [call["args"][0] for call in made] == ran
     # the dump left serving and the throwaway process are stopped
     assert not is_alive(int(opt(made[0]["args"], "--tree")))
@@ -230,7 +194,7 @@ def test_without_unshare_nothing_runs(fakes: tuple[Path, Path], tmp_path: Path) 
     assert verdict["side"] == "setup"
     assert verdict["reason"] == "unshare (util-linux) is not installed"
     assert verdict["name"] == PROBE_NAME and verdict["cached"] is False
-    assert calls(tmp_path) == []
+    assert criu_call_records(tmp_path) == []
 
 
 def test_the_verdict_is_cached_per_criu_binary(
@@ -246,7 +210,7 @@ def test_the_verdict_is_cached_per_criu_binary(
 
     again = probe(fakes, cache)
     assert again == {**first, "cached": True}
-    assert len(calls(tmp_path)) == 1  # the cached verdict ran nothing
+    assert len(criu_call_records(tmp_path)) == 1  # the cached verdict ran nothing
 
     # another CRIU binary (an upgrade: other size, other mtime) is probed again
     criu = fakes[0]
@@ -269,7 +233,7 @@ def test_a_damaged_cache_entry_is_probed_again(
     entry.write_text(damage)
     again = probe(fakes, cache)
     assert again["cached"] is False and again["reason"] == first["reason"]
-    assert len(calls(tmp_path)) == 2
+    assert len(criu_call_records(tmp_path)) == 2
     assert json.loads(entry.read_text())["reason"] == first["reason"]  # rewritten
 
 
@@ -279,7 +243,7 @@ def test_without_a_cache_dir_every_call_probes(
     monkeypatch.setenv("FAKE_CRIU_MODE", "dump-fail")
     assert probe(fakes)["cached"] is False
     assert probe(fakes)["cached"] is False
-    assert len(calls(tmp_path)) == 2
+    assert len(criu_call_records(tmp_path)) == 2
 
 
 def test_the_cache_key_follows_the_binary(tmp_path: Path) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import platform
 import shutil
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -18,31 +16,12 @@ import criu_runner
 import pytest
 from criu_cli import build_criu_argv
 from criu_runner import CRIU_DIRS, CriuCall, CriuRunner, find_criu, read_stats
+from fakes import CRIU_RLIMIT, CRIU_STATS, install_fake_criu
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-STATS = FIXTURES / "criu_stats" / "full-dump"
-RLIMIT = (
-    "(00.000301) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: "
-    "Operation not permitted"
-)
-
-FAKE_CRIU = textwrap.dedent(
-    """\
-    #!{python}
+FAKE_CRIU = """\
     # FAKE_CRIU_MODE: ok | sleep:SECONDS | hang | fail | fail-output | fail-silent
     #                 | fail-with-stats | no-stats
-    import os, shutil, sys, time
-    from pathlib import Path
-
     stats = Path({stats!r})
-    args = sys.argv[1:]
-    mode = os.environ.get("FAKE_CRIU_MODE", "ok")
-
-
-    def opt(name):
-        return args[args.index(name) + 1] if name in args else None
-
-
     if os.environ.get("FAKE_PREFIX"):
         print("prefix", os.environ["FAKE_PREFIX"])
     if args[:1] == ["--version"]:
@@ -51,14 +30,13 @@ FAKE_CRIU = textwrap.dedent(
     if mode.startswith("sleep:"):
         time.sleep(float(mode.split(":")[1]))
     if mode == "hang":
-        print("(00.000100) freezing tasks", flush=True)
-        time.sleep(30)
+        hang()
     log = Path(opt("--log-file")) if opt("--log-file") else None
     work = Path(opt("--work-dir") or opt("--images-dir") or ".")
     if mode == "fail":
         log.write_text(
-            {rlimit!r} + "\\n"
-            "(00.010220) Error (criu/files-reg.c:1710): Can't lookup mount=22\\n"
+            rlimit
+            + "(00.010220) Error (criu/files-reg.c:1710): Can't lookup mount=22\\n"
             "(00.010500) Error (criu/cr-dump.c:2111): Dumping FAILED.\\n"
         )
         print("Error (criu/cr-dump.c:2111): Dumping FAILED.")
@@ -78,16 +56,11 @@ FAKE_CRIU = textwrap.dedent(
         sys.exit(1)
     sys.exit(0)
     """
-)
 
 
 @pytest.fixture
-def fake_criu(tmp_path: Path) -> Path:
-    path = tmp_path / "bin" / "criu"
-    path.parent.mkdir()
-    path.write_text(FAKE_CRIU.format(python=sys.executable, stats=str(STATS), rlimit=RLIMIT))
-    path.chmod(0o755)
-    return path
+def fake_criu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return install_fake_criu(tmp_path, monkeypatch, FAKE_CRIU, stats=str(CRIU_STATS))
 
 
 @pytest.fixture
@@ -138,10 +111,8 @@ def test_a_dump_is_run_timed_and_its_stats_decoded(
     }
 
 
-def test_the_duration_is_the_calls_own(
-    runner: CriuRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "sleep:0.3")
+@pytest.mark.env(FAKE_CRIU_MODE="sleep:0.3")
+def test_the_duration_is_the_calls_own(runner: CriuRunner, tmp_path: Path) -> None:
     t0 = time.monotonic()
     call = runner.run("pre-dump", dump_opts(tmp_path), 30)
     elapsed = time.monotonic() - t0
@@ -150,10 +121,8 @@ def test_the_duration_is_the_calls_own(
     assert call.finished_at - call.started_at >= 0.29  # the wall clock agrees
 
 
-def test_a_call_past_its_timeout_is_killed(
-    runner: CriuRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "hang")
+@pytest.mark.env(FAKE_CRIU_MODE="hang")
+def test_a_call_past_its_timeout_is_killed(runner: CriuRunner, tmp_path: Path) -> None:
     opts = dump_opts(tmp_path)
     t0 = time.monotonic()
     call = runner.run("dump", opts, 0.5)
@@ -180,13 +149,13 @@ def test_a_restore_reads_stats_restore(runner: CriuRunner, tmp_path: Path) -> No
     assert call.log_file == ""  # none asked for
 
 
+@pytest.mark.env(FAKE_CRIU_MODE="no-stats")
 def test_a_previous_calls_stats_and_pidfile_are_removed_first(
-    runner: CriuRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runner: CriuRunner, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "no-stats")
     images = tmp_path / "i"
     images.mkdir()
-    shutil.copy(STATS / "stats-restore", images / "stats-restore")
+    shutil.copy(CRIU_STATS / "stats-restore", images / "stats-restore")
     pidfile = tmp_path / "restored.pid"
     pidfile.write_text("1")
     call = runner.run("restore", {"images_dir": str(images), "pidfile": str(pidfile)}, 30)
@@ -204,10 +173,8 @@ def test_a_work_dir_holds_the_stats(runner: CriuRunner, tmp_path: Path) -> None:
     assert call.stats["pages_written"] == 2750
 
 
-def test_a_failed_calls_stats_are_not_reported(
-    runner: CriuRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "fail-with-stats")
+@pytest.mark.env(FAKE_CRIU_MODE="fail-with-stats")
+def test_a_failed_calls_stats_are_not_reported(runner: CriuRunner, tmp_path: Path) -> None:
     call = runner.run("dump", dump_opts(tmp_path), 30)
     assert not call.ok and call.rc == 1
     assert call.stats == {}
@@ -215,7 +182,7 @@ def test_a_failed_calls_stats_are_not_reported(
 
 def test_read_stats(tmp_path: Path) -> None:
     assert read_stats("dump", tmp_path) == {}  # no image
-    shutil.copy(STATS / "stats-dump", tmp_path / "stats-dump")
+    shutil.copy(CRIU_STATS / "stats-dump", tmp_path / "stats-dump")
     assert read_stats("dump", tmp_path)["pages_written"] == 2750
     assert read_stats("pre-dump", tmp_path)["pages_written"] == 2750
     assert read_stats("restore", tmp_path) == {}
@@ -240,10 +207,8 @@ def test_a_prefixed_call_prepares_and_reads_nothing_here(
 # -- why it failed ----------------------------------------------------------------------------
 
 
-def test_the_reason_is_the_logs_first_real_error(
-    runner: CriuRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FAKE_CRIU_MODE", "fail")
+@pytest.mark.env(FAKE_CRIU_MODE="fail")
+def test_the_reason_is_the_logs_first_real_error(runner: CriuRunner, tmp_path: Path) -> None:
     opts = dump_opts(tmp_path)
     call = runner.run("dump", opts, 30)
     assert not call.ok and call.rc == 1
@@ -256,7 +221,7 @@ def test_the_reason_is_the_logs_first_real_error(
     )
     # a log text the caller already read is used as given
     assert call.reason("Error (x.c:1): given") == "Error (x.c:1): given"
-    assert call.log_text().startswith(RLIMIT)
+    assert call.log_text().startswith(CRIU_RLIMIT)
 
 
 def test_the_reason_falls_back_to_the_output(

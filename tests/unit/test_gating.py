@@ -9,7 +9,6 @@ the network post-copy probe found on its kernel.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,10 @@ import pytest
 from criu_filters import criu_facts_from_probe
 from experiment_filters import migration_gating, migration_ports
 from experiment_plan import gating_errors, plan_experiment, required_ports
+from fakes import CRIU_CLI_KERNEL, CRIU_CLI_RCS
 from workload_registry import load_registry
 
 REPO = Path(__file__).resolve().parents[2]
-CLI = REPO / "tests" / "fixtures" / "criu_cli"
-RCS = json.loads((CLI / "rc.json").read_text())
-KERNEL = (CLI / "uname-r.txt").read_text().strip()
 REGISTRY = load_registry(str(REPO / "workloads"))
 MEMORY = {"name": "memory", "criu": {"tcp_established": False}}
 REDIS = {"name": "redis", "criu": {"tcp_established": True}}
@@ -39,9 +36,10 @@ def lab_facts(**overrides: Any) -> dict[str, Any]:
         "version": "4.2.1",
         "check": {"ok": True, "summary": "Looks good."},
         "features": {
-            name: RCS.get(f"check-feature-{name}", {"rc": 0})["rc"] == 0 for name in features
+            name: CRIU_CLI_RCS.get(f"check-feature-{name}", {"rc": 0})["rc"] == 0
+            for name in features
         },
-        "kernel": KERNEL,
+        "kernel": CRIU_CLI_KERNEL,
     }
     lazy_probe = {"probe": {"ok": False, "side": "dump", "reason": TEE}}
     return {**criu_facts_from_probe(probe, "", lazy_probe), **overrides}
@@ -64,7 +62,7 @@ NETWORK_LAZY = settings(lazy_pages=True, lazy_pages_mode="network")
 
 def test_the_labs_facts() -> None:
     facts = lab_facts()
-    assert facts["kernel"] == KERNEL == "6.18.44-fc-v595"
+    assert facts["kernel"] == CRIU_CLI_KERNEL == "6.18.44-fc-v595"
     assert facts["usable"] and facts["uffd"] and facts["lazy_pages"]
     assert not facts["soft_dirty"]
     assert facts["network_lock"] == "nftables"
@@ -109,7 +107,7 @@ def test_predump_needs_soft_dirty_on_the_source() -> None:
         lab_facts(), "source", "source", settings(checkpoint_strategy="predump"), MEMORY
     ) == [
         "checkpoint_strategy=predump needs soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY; criu check "
-        f"--feature mem_dirty_track), which source (kernel {KERNEL}) lacks; use checkpoint_strategy=full, "
+        f"--feature mem_dirty_track), which source (kernel {CRIU_CLI_KERNEL}) lacks; use checkpoint_strategy=full, "
         "or the soft-dirty guest lab"
     ]
 
@@ -163,7 +161,7 @@ def test_without_lazy_pages_userfaultfd_does_not_matter() -> None:
 def test_network_lazy_pages_refused_on_the_source_of_this_kernel() -> None:
     assert gating_errors(lab_facts(), "source", "source", NETWORK_LAZY, MEMORY) == [
         "lazy_pages_mode=network needs network post-copy (criu dump --lazy-pages serving pages "
-        f"to criu lazy-pages --page-server), which source (kernel {KERNEL}) lacks; the probe "
+        f"to criu lazy-pages --page-server), which source (kernel {CRIU_CLI_KERNEL}) lacks; the probe "
         f"says: {TEE}; use lazy_pages_mode=images"
     ]
 
@@ -241,7 +239,7 @@ def test_tcp_workloads_need_a_network_lock_on_both_hosts(role: str) -> None:
     facts = lab_facts(network_lock="")
     assert gating_errors(facts, role, role, settings(), REDIS) == [
         "workload redis (established TCP connections) needs a CRIU network lock (nftables "
-        f"support in CRIU, or iptables-restore), which {role} (kernel {KERNEL}) lacks; install "
+        f"support in CRIU, or iptables-restore), which {role} (kernel {CRIU_CLI_KERNEL}) lacks; install "
         "nftables (and a CRIU built with libnftables) or iptables"
     ]
     assert gating_errors(facts, role, role, settings(), MEMORY) == []

@@ -8,11 +8,12 @@ CRIU figures decoded from a real stats image (tests/fixtures/criu_stats/full-dum
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import criu_stats
 import pytest
+from expected import METRICS_TOP_KEYS
+from fakes import CRIU_STATS
 from metrics_report import (
     CLOUD_DEADLINES_S,
     ROLE_PHASES,
@@ -27,9 +28,8 @@ from metrics_report import (
     throughput_mb_s,
 )
 
-STATS = Path(__file__).resolve().parent.parent / "fixtures" / "criu_stats" / "full-dump"
-DUMP_STATS = criu_stats.summarize_stats_image(str(STATS / "stats-dump"))["dump"]
-RESTORE_STATS = criu_stats.summarize_stats_image(str(STATS / "stats-restore"))["restore"]
+DUMP_STATS = criu_stats.summarize_stats_image(str(CRIU_STATS / "stats-dump"))["dump"]
+RESTORE_STATS = criu_stats.summarize_stats_image(str(CRIU_STATS / "stats-restore"))["restore"]
 
 T0 = 1795669666.380  # 2026-11-26T05:07:46.380Z: the experiment starts
 DUMP_AT = T0 + 7.433  # the final dump starts
@@ -38,21 +38,6 @@ FINISHED = T0 + 14.159
 IMAGES = "/var/lib/criu-migration/images/memory_20261126_050746"
 WORK = "/var/lib/criu-migration/work/memory_20261126_050746"
 RESULTS = "/work/main/results/memory_20261126_050746"
-
-# The keys metrics.json has at least (the schema: README, metrics.json).
-SCHEMA_TOP_KEYS = {
-    "status",
-    "experiment",
-    "workload",
-    "strategy",
-    "phases",
-    "downtime_s",
-    "app_downtime_s",
-    "deadlines",
-    "verification",
-    "environment",
-    "tasks",
-}
 
 
 def experiment(**overrides: Any) -> dict[str, Any]:
@@ -213,7 +198,7 @@ def metrics_of(pair: PairRecord, **overrides: Any) -> dict[str, Any]:
 
 def test_every_schema_key_is_present() -> None:
     metrics = metrics_of(full_dump_pair())
-    assert set(metrics) >= SCHEMA_TOP_KEYS
+    assert set(metrics) >= METRICS_TOP_KEYS
     assert set(metrics["experiment"]) >= {"name", "started_at", "finished_at"}
     assert set(metrics["workload"]) >= {"type", "params", "source_pid"}
     assert set(metrics["strategy"]) >= {"mode", "lazy_pages", "page_server"}
@@ -263,15 +248,7 @@ def test_full_dump_metrics() -> None:
         "params": {"mb_size": 64, "interval": 1.0, "max_memory": 512},
         "source_pid": 17121,
     }
-    assert metrics["strategy"] == {
-        "mode": "full",
-        "lazy_pages": False,
-        "page_server": False,
-        "predump_iterations": 8,
-        "predump_interval": 10.0,
-        "predump_mode": "fixed",
-        "lazy_pages_mode": "images",
-    }
+    assert metrics["strategy"] == experiment()["strategy"]  # as the experiment announced it
     assert "predump" not in metrics["phases"]  # checkpoint_strategy=full: no pre-dump ran
 
 
@@ -777,3 +754,13 @@ def test_summary_without_a_restore() -> None:
     assert any(line.startswith("App-perceived downtime (progress.log gap): n/a") for line in lines)
     assert "  Deadline gcp_30s: n/a" in lines
     assert not any(line.startswith("Verification:") for line in lines)
+
+
+def test_a_failed_restore_stops_no_deadline_clock() -> None:
+    # the fused call records a restore that failed: it restored nothing, so no deadline
+    # is met on its account
+    pair = full_dump_pair()
+    pair.phases["restore"][-1]["failed"] = True
+    metrics = metrics_of(pair)
+    assert metrics["migration_s"] is None
+    assert all(verdict["met"] is False for verdict in metrics["deadlines"].values())

@@ -19,9 +19,9 @@ from typing import Any
 
 import predump_loop
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from criu_stats import IMG_SERVICE_MAGIC, STATS_MAGIC, summarize_stats_image
 from experiment_plan import load_setting_defaults
+from fakes import criu_calls, install_fake_criu, install_script, run_ansible_module
 
 
 def _varint(value: int) -> bytes:
@@ -58,16 +58,9 @@ def test_the_encoder_matches_the_decoder(tmp_path: Path) -> None:
     assert dump["frozen_s"] == 0.066
 
 
-FAKE_CRIU = textwrap.dedent(
-    """\
-    #!{python}
-    import json, os, sys
-    from pathlib import Path
-
-    args = sys.argv[1:]
-    Path(os.environ["FAKE_CRIU_CALLS"]).open("a").write(json.dumps(args) + "\\n")
-    images = Path(args[args.index("--images-dir") + 1])
-    log = Path(args[args.index("--log-file") + 1])
+FAKE_CRIU = """\
+    images = Path(opt("--images-dir"))
+    log = Path(opt("--log-file"))
     index = int(images.name)
     if index == int(os.environ.get("FAKE_CRIU_FAIL_AT", "0")):
         log.write_text("(00.010000) Error (criu/mem.c:720): Can't dump page with parent\\n")
@@ -78,7 +71,6 @@ FAKE_CRIU = textwrap.dedent(
     (images / "pages-1.img").write_bytes(b"x" * 4096 * min(written, 8))
     sys.exit(0)
     """
-)
 
 # rsync stand-in: copies the sent folder under $FAKE_DEST and prints rsync's --stats lines.
 FAKE_RSYNC = textwrap.dedent(
@@ -102,16 +94,11 @@ FAKE_RSYNC = textwrap.dedent(
 
 @pytest.fixture
 def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("criu", FAKE_CRIU), ("rsync", FAKE_RSYNC)):
-        path = bin_dir / name
-        path.write_text(text.format(python=sys.executable))
-        path.chmod(0o755)
-    monkeypatch.setenv("FAKE_CRIU_CALLS", str(tmp_path / "calls.jsonl"))
+    criu = install_fake_criu(tmp_path, monkeypatch, FAKE_CRIU)
+    install_script(criu.parent / "rsync", FAKE_RSYNC.format(python=sys.executable))
     monkeypatch.setenv("FAKE_DEST", str(tmp_path / "destination"))
-    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
-    return {"criu": bin_dir / "criu", "base": tmp_path / "images", "dest": tmp_path / "destination"}
+    monkeypatch.setenv("PATH", f"{criu.parent}:{Path(sys.executable).parent}:/usr/bin:/bin")
+    return {"criu": criu, "base": tmp_path / "images", "dest": tmp_path / "destination"}
 
 
 def set_pages(monkeypatch: pytest.MonkeyPatch, pages: list[tuple[int, int]]) -> None:
@@ -134,18 +121,16 @@ SEED_POLICY_ARGS = {
 }
 
 
-def run_module(args: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
-    capsys.readouterr()
-    merged = {
-        key: value for key, value in {**SEED_POLICY_ARGS, **args}.items() if value is not None
-    }
-    with patch_module_args(merged), pytest.raises(SystemExit) as excinfo:
-        predump_loop.main()
-    return int(excinfo.value.code or 0), json.loads(capsys.readouterr().out)
-
-
-def calls(tmp_path: Path) -> list[list[str]]:
-    return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+def run_module(
+    fakes: dict[str, Path], capsys: pytest.CaptureFixture[str], **args: Any
+) -> tuple[int, dict]:
+    """predump_loop with the fake criu: pid 1, the fakes' images base and the seed's stop-rule
+    options unless `args` say otherwise (an option given as None is left out)."""
+    defaults = {"pid": 1, "images_base": str(fakes["base"]), "criu_bin": str(fakes["criu"])}
+    merged = {**SEED_POLICY_ARGS, **defaults, **args}
+    return run_ansible_module(
+        predump_loop, {key: value for key, value in merged.items() if value is not None}, capsys
+    )
 
 
 PAGES = [(17062, 0), (1582, 15480), (1590, 15472), (1600, 15462)]
@@ -155,16 +140,12 @@ def test_fixed_mode_runs_every_pre_dump_on_its_parent(
     fakes: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     set_pages(monkeypatch, PAGES)
-    rc, result = run_module(
-        {"pid": 16001, "images_base": str(fakes["base"]), "iterations": 3, "interval": 0.0,
-         "criu_bin": str(fakes["criu"])},
-        capsys,
-    )  # fmt: skip
+    rc, result = run_module(fakes, capsys, pid=16001, iterations=3, interval=0.0)
     assert rc == 0, result
     assert result["changed"] is True
     assert result["count"] == 3
     assert result["stop"]["reason"] == "iterations"
-    argvs = calls(tmp_path)
+    argvs = criu_calls(tmp_path)
     assert [argv[0] for argv in argvs] == ["pre-dump"] * 3
     for index, argv in enumerate(argvs, start=1):
         assert argv[argv.index("--images-dir") + 1] == str(fakes["base"] / str(index))
@@ -190,11 +171,7 @@ def test_logs_are_gathered_in_order_into_one_file(
     fakes: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     set_pages(monkeypatch, PAGES)
-    rc, result = run_module(
-        {"pid": 1, "images_base": str(fakes["base"]), "iterations": 3, "interval": 0.0,
-         "criu_bin": str(fakes["criu"])},
-        capsys,
-    )  # fmt: skip
+    rc, result = run_module(fakes, capsys, iterations=3, interval=0.0)
     assert rc == 0
     log = Path(result["log_file"])
     assert log == fakes["base"] / "criu-pre-dump.log"
@@ -212,11 +189,14 @@ def test_adaptive_mode_stops_by_rule_and_says_why(
 ) -> None:
     set_pages(monkeypatch, PAGES)
     rc, result = run_module(
-        {"pid": 1, "images_base": str(fakes["base"]), "iterations": 8, "interval": 0.0,
-         "mode": "adaptive", "skip_goal_pct": 100.0, "max_growth_pct": 0.0,
-         "criu_bin": str(fakes["criu"])},
+        fakes,
         capsys,
-    )  # fmt: skip
+        iterations=8,
+        interval=0.0,
+        mode="adaptive",
+        skip_goal_pct=100.0,
+        max_growth_pct=0.0,
+    )
     assert rc == 0, result
     # 17062 -> 1582 shrinks; 1590 grows: stop after the third
     assert result["count"] == 3
@@ -233,12 +213,17 @@ def test_each_pre_dump_is_sent_at_once_with_its_stage(
 ) -> None:
     set_pages(monkeypatch, PAGES)
     rc, result = run_module(
-        {"pid": 1, "images_base": str(fakes["base"]), "iterations": 2, "interval": 0.0,
-         "criu_bin": str(fakes["criu"]),
-         "transfer": {"method": "rsync", "destination": "10.79.0.22",
-                      "ssh_key": "/etc/criu-lab/id_ed25519", "cipher": "aes128-gcm@openssh.com"}},
+        fakes,
         capsys,
-    )  # fmt: skip
+        iterations=2,
+        interval=0.0,
+        transfer={
+            "method": "rsync",
+            "destination": "10.79.0.22",
+            "ssh_key": "/etc/criu-lab/id_ed25519",
+            "cipher": "aes128-gcm@openssh.com",
+        },
+    )
     assert rc == 0, result
     items = [item["migration_metrics"] for item in result["results"]]
     assert [(m["phase"], m["data"].get("stage")) for m in items] == [
@@ -259,11 +244,7 @@ def test_interval_is_start_to_start(
     fakes: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     set_pages(monkeypatch, PAGES)
-    rc, result = run_module(
-        {"pid": 1, "images_base": str(fakes["base"]), "iterations": 3, "interval": 0.4,
-         "criu_bin": str(fakes["criu"])},
-        capsys,
-    )  # fmt: skip
+    rc, result = run_module(fakes, capsys, iterations=3, interval=0.4)
     assert rc == 0
     starts = [item["migration_metrics"]["data"]["started_at"] for item in result["results"]]
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
@@ -275,11 +256,7 @@ def test_a_failed_pre_dump_fails_naming_it_and_keeps_what_was_done(
 ) -> None:
     set_pages(monkeypatch, PAGES)
     monkeypatch.setenv("FAKE_CRIU_FAIL_AT", "2")
-    rc, result = run_module(
-        {"pid": 1, "images_base": str(fakes["base"]), "iterations": 3, "interval": 0.0,
-         "criu_bin": str(fakes["criu"])},
-        capsys,
-    )  # fmt: skip
+    rc, result = run_module(fakes, capsys, iterations=3, interval=0.0)
     assert rc == 1 and result["failed"] is True
     assert result["msg"].startswith("criu pre-dump 2 failed on ")
     assert "Can't dump page with parent" in result["msg"]
@@ -299,7 +276,12 @@ def test_a_failed_pre_dump_fails_naming_it_and_keeps_what_was_done(
         ),
         (
             {"transfer": {"method": "s3"}},
-            "pre-dump transfers: transfer method 's3' is not implemented",
+            "pre-dump transfers with s3 need transfer.s3_bucket, transfer.s3_prefix, "
+            "transfer.destination, aws.tools_dir",
+        ),
+        (
+            {"transfer": {"method": "ebs"}},
+            "pre-dump transfers with ebs need transfer.ebs_mount_path, transfer.ebs_dir",
         ),
         (
             {"transfer": {"method": "rsync"}},
@@ -314,10 +296,7 @@ def test_a_failed_pre_dump_fails_naming_it_and_keeps_what_was_done(
 def test_bad_arguments_are_refused(
     extra: dict[str, Any], message: str, fakes: dict[str, Path], tmp_path: Path, capsys: Any
 ) -> None:
-    rc, result = run_module(
-        {"pid": 1, "images_base": str(fakes["base"]), "criu_bin": str(fakes["criu"]), **extra},
-        capsys,
-    )
+    rc, result = run_module(fakes, capsys, **extra)
     assert rc == 1
     assert result["msg"].startswith(message)
     assert not (tmp_path / "calls.jsonl").exists()

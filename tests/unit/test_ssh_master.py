@@ -1,10 +1,10 @@
 """module_utils/ssh_master.py, and what the fused critical path runs over it on the destination.
 
-`ssh` is a stand-in on PATH that emulates OpenSSH's connection sharing: `-o ControlMaster=yes
-... -N` is the master (it writes its PID at ControlPath and runs until `-O exit` or a signal),
-`-O check` / `-O exit` talk to it, and a channel (`ssh ... host -- <command>`) runs <command>
-with `sh -c` here - only while a master is up, as a channel of it would. So the remote argv's
-quoting goes through a real shell, as it does on the destination.
+`ssh` is a stand-in on PATH (fakes.FAKE_SSH) that emulates OpenSSH's connection sharing:
+`-o ControlMaster=yes ... -N` is the master (it writes its PID at ControlPath and runs until
+`-O exit` or a signal), `-O check` / `-O exit` talk to it, and a channel (`ssh ... host --
+<command>`) runs <command> with `sh -c` here - only while a master is up, as a channel of it
+would. So the remote argv's quoting goes through a real shell, as it does on the destination.
 
 The checksum comparison (`sha256sum_check_input` / `sha256sum_problems`) runs the real
 `sha256sum --check --quiet --strict`, and the corrupt_image fault the real POSIX shell script
@@ -16,11 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+from fakes import install_fake_ssh, master_pids
 from faults import CORRUPT_PAGE_IMAGE_SH, parse_corruption
 from processes import is_alive
 from ssh_master import SshMaster, SshMasterError
@@ -34,112 +33,15 @@ from transfer_backends import (
     ssh_command,
 )
 
-FAKE_SSH = r'''#!@PYTHON@ -S
-"""ssh stand-in: a master, -O check / -O exit, and channels that run `sh -c <command>`."""
-import json, os, signal, subprocess, sys, time
-
-args = sys.argv[1:]
-with open(os.environ["FAKE_SSH_LOG"], "a") as log:
-    log.write(json.dumps(args) + "\n")
-WITH_VALUE = set("BbcDEeFIiJLlmOopQRSWw")
-options, control, host, rest = {}, None, None, []
-i = 0
-while i < len(args):
-    arg = args[i]
-    if arg == "--":
-        rest = args[i + 1:]
-        break
-    if arg.startswith("-") and len(arg) > 1:
-        if arg[1] in WITH_VALUE:
-            value = arg[2:] or args[i + 1]
-            i += 1 if arg[2:] else 2
-            if arg[1] == "o":
-                key, _, val = value.partition("=")
-                options[key] = val
-            elif arg[1] == "O":
-                control = value
-            continue
-        i += 1
-        continue
-    if host is None:
-        host = arg
-        i += 1
-        continue
-    rest = args[i:]
-    break
-socket = options.get("ControlPath")
-
-
-def master_pid():
-    try:
-        pid = int(open(socket).read())
-        os.kill(pid, 0)
-    except (OSError, ValueError, TypeError):
-        return None
-    return pid
-
-
-if control == "check":
-    pid = master_pid()
-    if pid is None:
-        print(f"Control socket connect({socket}): No such file or directory", file=sys.stderr)
-        sys.exit(255)
-    print(f"Master running (pid={pid})", file=sys.stderr)
-    sys.exit(0)
-if control == "exit":
-    pid = master_pid()
-    if pid is None:
-        print(f"Control socket connect({socket}): No such file or directory", file=sys.stderr)
-        sys.exit(255)
-    os.kill(pid, signal.SIGTERM)
-    print("Exit request sent.", file=sys.stderr)
-    sys.exit(0)
-if options.get("ControlMaster") == "yes":
-    if os.environ.get("FAKE_SSH_REFUSE"):
-        print(f"{host}: Permission denied (publickey).", file=sys.stderr)
-        sys.exit(255)
-    with open(os.environ["FAKE_SSH_MASTERS"], "a") as masters:
-        masters.write(f"{os.getpid()}\n")
-
-    def stop(*_):
-        try:
-            os.unlink(socket)
-        except OSError:
-            pass
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    if not os.environ.get("FAKE_SSH_SILENT"):  # silent: never accepts channels
-        with open(socket, "w") as out:
-            out.write(str(os.getpid()))
-    while True:
-        time.sleep(1)
-# a channel: only over the master, as ControlMaster=no with a live socket is
-if master_pid() is None:
-    print(f"fake ssh: no master at {socket}", file=sys.stderr)
-    sys.exit(255)
-command = " ".join(rest)  # what ssh sends: the words after the host, joined by spaces
-tamper = os.environ.get("FAKE_DEST_TAMPER")
-if tamper and "sha256sum" in command:  # the destination's copy is not the source's
-    subprocess.run(["sh", "-c", tamper], check=True)
-os.execvp("sh", ["sh", "-c", command])
-'''
-
 
 @pytest.fixture
 def fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    ssh = bin_dir / "ssh"
-    ssh.write_text(FAKE_SSH.replace("@PYTHON@", sys.executable))
-    ssh.chmod(0o755)
     temp = tmp_path / "tmp"
     temp.mkdir()
     files = {"log": tmp_path / "ssh.jsonl", "masters": tmp_path / "masters", "temp": temp}
-    monkeypatch.setenv("FAKE_SSH_LOG", str(files["log"]))
-    monkeypatch.setenv("FAKE_SSH_MASTERS", str(files["masters"]))
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # the master's control folder
+    install_fake_ssh(
+        monkeypatch, tmp_path / "bin", log=files["log"], masters=files["masters"], temp=temp
+    )
     return files
 
 
@@ -153,11 +55,6 @@ def request(user: str = "root", **extra: object) -> TransferRequest:
         cipher="aes128-gcm@openssh.com",
         **extra,  # type: ignore[arg-type]
     )
-
-
-def master_pids(files: dict[str, Path]) -> list[int]:
-    path = files["masters"]
-    return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
 def ssh_calls(files: dict[str, Path]) -> list[list[str]]:
@@ -273,7 +170,7 @@ def test_every_command_is_a_channel_of_the_one_master(
 def test_open_then_close_stops_the_master(fake_ssh: dict[str, Path]) -> None:
     master = SshMaster(request())
     master.open(timeout_s=10)
-    [pid] = master_pids(fake_ssh)
+    [pid] = master_pids(fake_ssh["masters"])
     assert master.pid == pid and is_alive(pid)
     assert master.check()
     control_dir = Path(master.control_dir)
@@ -308,7 +205,7 @@ def test_open_gives_up_on_a_master_that_never_answers(
     master = SshMaster(request())
     with pytest.raises(SshMasterError, match=r"did not open a master connection within 0\.3 s"):
         master.open(timeout_s=0.3)
-    [pid] = master_pids(fake_ssh)
+    [pid] = master_pids(fake_ssh["masters"])
     assert not is_alive(pid)  # stopped, not left behind
     assert master.pid is None
     assert not Path(master.control_dir).exists()

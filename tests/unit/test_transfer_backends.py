@@ -9,7 +9,6 @@ real tar and rsync output, recorded by its record.sh).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from experiment_plan import COMPRESSIONS, plan_experiment
+from fakes import run_ansible_module
 from transfer_backends import (
     BACKENDS,
     INTERRUPT_BWLIMIT_KIB,
@@ -116,15 +116,15 @@ def test_ssh_command_bare() -> None:
     ]
 
 
+# How every rsync copies images and working directories: absolute paths kept, no delta
+# search, holes kept, numeric ids, and the --stats the figures are read from.
+RSYNC_FLAGS = ["--archive", "--relative", "--whole-file", "--sparse", "--numeric-ids", "--stats"]
+
+
 def test_rsync_argv_as_root_in_the_lab() -> None:
     assert rsync_argv(lab_request()) == [
         "rsync",
-        "--archive",
-        "--relative",
-        "--whole-file",
-        "--sparse",
-        "--numeric-ids",
-        "--stats",
+        *RSYNC_FLAGS,
         "--rsh",
         "ssh -o BatchMode=yes -o Compression=no -p 22 -i /work/main/.lab/ssh/id_ed25519 "
         "-o IdentitiesOnly=yes -o UserKnownHostsFile=/work/main/.lab/ssh/known_hosts "
@@ -298,8 +298,9 @@ def test_backend_for_compression_and_efs() -> None:
     assert EfsBackend.two_sided and not RsyncBackend.two_sided and not ZstdSshBackend.two_sided
     with pytest.raises(ValueError, match="transfer=efs cannot compress with zstd"):
         backend_for("efs", "zstd")
-    with pytest.raises(ValueError, match="transfer method 's3' is not implemented"):
-        backend_for("s3")
+    assert backend_for("s3").name == "s3" and backend_for("ebs").name == "ebs"
+    with pytest.raises(ValueError, match="transfer=s3 cannot compress with zstd"):
+        backend_for("s3", "zstd")
 
 
 # -- helpers for real files ------------------------------------------------------------------
@@ -610,12 +611,7 @@ def test_efs_layout(tmp_path: Path) -> None:
 def test_local_rsync_argv() -> None:
     assert local_rsync_argv(["/var/lib/w"], "/mnt/s/files/") == [
         "rsync",
-        "--archive",
-        "--relative",
-        "--whole-file",
-        "--sparse",
-        "--numeric-ids",
-        "--stats",
+        *RSYNC_FLAGS,
         "/var/lib/w",
         "/mnt/s/files/",
     ]
@@ -835,12 +831,8 @@ def run_module(
     args: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, dict[str, Any]]:
     import checkpoint_transfer
-    from ansible.module_utils.testing import patch_module_args
 
-    capsys.readouterr()
-    with patch_module_args(args), pytest.raises(SystemExit) as excinfo:
-        checkpoint_transfer.main()
-    return int(excinfo.value.code or 0), json.loads(capsys.readouterr().out)
+    return run_ansible_module(checkpoint_transfer, args, capsys)
 
 
 def test_module_receive_compares_and_fails_naming_the_file(
@@ -921,7 +913,10 @@ def test_each_backend_names_the_tools_it_runs_on_each_side() -> None:
     assert tools_for("rsync", "zstd", "source") == ["tar", "zstd", "ssh"]
     assert tools_for("rsync", "zstd", "destination") == ["tar", "zstd"]
     assert tools_for("efs", "none", "destination") == ["rsync"]
-    assert tools_for("s3", "none", "source") == []  # no backend yet: the preflight refuses it
+    assert tools_for("s3", "none", "source") == ["python3"]  # + tools/s3_transfer.py, boto3
+    assert tools_for("ebs", "none", "destination") == ["rsync", "blkid", "mount", "sync", "umount"]
+    assert "mkfs.ext4" in tools_for("ebs", "none", "source")  # the source makes the filesystem
+    assert tools_for("s3", "zstd", "source") == []  # refused by the preflight
 
 
 # -- the preflight's transfer rules ------------------------------------------------------------
@@ -955,12 +950,9 @@ def test_preflight_accepts_efs_zstd_and_verify() -> None:
     assert plan_errors({"inject_fault": "transfer_interrupt"}) == []
 
 
-def test_preflight_still_refuses_s3_and_ebs() -> None:
+def test_preflight_no_longer_refuses_s3_and_ebs_as_not_available() -> None:
     for transfer in ("s3", "ebs"):
-        assert plan_errors({"transfer": transfer})[0].startswith(
-            f"transfer={transfer} is not available yet"
-        )
-        assert "available: rsync, efs" in plan_errors({"transfer": transfer})[0]
+        assert not any("not available yet" in e for e in plan_errors({"transfer": transfer}))
 
 
 def test_preflight_efs_needs_the_same_mount_path_on_both_hosts() -> None:

@@ -33,8 +33,8 @@ SEED_PARAMS: dict[str, dict[str, Any]] = {
 }
 TOP_KEYS = {"name", "description", "script", "params", "deps", "criu", "continuity"}
 # Optional: TCP ports the workload listens on (checked free), output-capture limits, checks
-# of the files it produces (verify).
-OPTIONAL_KEYS = {"ports", "capture", "verify"}
+# of the files it produces (verify), conditions across parameters (checks).
+OPTIONAL_KEYS = {"ports", "capture", "verify", "checks"}
 PARAM_KEYS = {"type", "default", "min", "max", "choices", "pattern", "unit", "help"}
 PYTHON_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 # Fields the protocol writes on every line; continuity rules compare workload fields.

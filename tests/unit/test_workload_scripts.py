@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
+from artifact_checks import ffprobe_argv
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOADS = REPO / "workloads"
@@ -460,17 +461,7 @@ def check_workload(
         outputs = sorted(working_dir.glob("segment_*.ts")) or [working_dir / "video.mp4"]
         for path in outputs:  # every segment (the last one closed at the finish) decodes
             probe = subprocess.run(
-                [
-                    "ffprobe",
-                    "-v",
-                    "error",
-                    "-count_frames",
-                    "-show_entries",
-                    "stream=nb_read_frames",
-                    "-of",
-                    "csv=p=0",
-                    path,
-                ],
+                ffprobe_argv("ffprobe", str(path)),  # decode every frame
                 capture_output=True,
                 text=True,
                 timeout=60,

@@ -10,6 +10,7 @@ that holds the segment it "writes" open, skipped where ffmpeg is missing.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import shutil
@@ -23,7 +24,6 @@ from typing import Any
 
 import pytest
 import workload_verify
-from ansible.module_utils.testing import patch_module_args
 from artifact_checks import (
     ArtifactSpecError,
     ProbeResult,
@@ -37,6 +37,7 @@ from artifact_checks import (
     plan_targets,
     summarize,
 )
+from fakes import run_ansible_module
 
 needs_ffmpeg = pytest.mark.skipif(
     not (shutil.which("ffmpeg") and shutil.which("ffprobe")), reason="needs ffmpeg and ffprobe"
@@ -270,11 +271,7 @@ def test_real_segments_decode(media: Path) -> None:
 # -- the module, as Ansible runs it ------------------------------------------------------------
 
 
-def run_module(args: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
-    capsys.readouterr()
-    with patch_module_args(args), pytest.raises(SystemExit) as excinfo:
-        workload_verify.main()
-    return int(excinfo.value.code or 0), json.loads(capsys.readouterr().out)
+run_module = functools.partial(run_ansible_module, workload_verify)
 
 
 def progress_log(workdir: Path, restored: dict[str, Any] | None = None) -> None:
