@@ -2,13 +2,12 @@
 per test session (and taken down at its end if the session made it, unless KEEP_LAB=1),
 and playbook runs via ansible-runner.
 
-`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`). They share
-one lab of each flavour: the first worker that needs a lab brings it up under a file lock
-(the other finds it up), and the controlling process - the one that outlives every worker -
-takes it down at the end if this session made it. Tests that need one worker's undivided
-attention stay together (`xdist_group`): a module with a lab of its own or other
-module-scoped state runs on one worker, and every guest-lab test on one worker (two QEMU
-guests under TCG already take a core each)."""
+`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`: a module's
+tests, and so its module-scoped fixtures, stay on one worker). They share one lab of each
+flavour: the first worker that needs a lab brings it up under a file lock (the other finds
+it up), and the controlling process - the one that outlives every worker - takes it down at
+the end if this session made it (tests/conftest.py). One guest-lab test runs at a time
+(`one_guest_test_at_a_time`)."""
 
 from __future__ import annotations
 
@@ -149,26 +148,18 @@ def run_playbook(
 # The lock around a lab's bring-up, and a mark for each lab this session made: the
 # controlling process takes those down at its end (tests/conftest.py, pytest_sessionfinish).
 SESSION_DIR = REPO / ".cache" / "test-session"
-# Modules whose tests share module-scoped state of their own (a lab, a built CRIU, a
-# workload image, a Terraform plan): each runs whole on one worker.
-MODULES_ON_ONE_WORKER = {
-    "test_criu_role.py",
-    "test_lab.py",
-    "test_links.py",
-    "test_security.py",
-    "test_strace_capture_module.py",
-    "test_terraform_inventory.py",
-    "test_workloads.py",
-}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("guest"):
-            item.add_marker(pytest.mark.xdist_group("guest_lab"))
-        elif item.path.name in MODULES_ON_ONE_WORKER:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+@pytest.fixture(autouse=True)
+def one_guest_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the guest lab has its two guests to itself: under TCG each guest is a core's
+    worth of work already, and the guest tests time pre-dumps against deadlines."""
+    if "guest_lab" not in request.fixturenames:
+        yield
+        return
+    SESSION_DIR.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(SESSION_DIR / "guest-lab-in-use.lock")):
+        yield
 
 
 def _bring_up(flavour: str, *extra: str) -> subprocess.CompletedProcess[str]:

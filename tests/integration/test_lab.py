@@ -4,14 +4,14 @@ These tests never touch the default lab (prefix crlab, .lab/, 10.77.0.0/24,
 inventories/lab/hosts.yml): they bring up their own labs with other prefixes, subnets,
 folders and inventories, and always tear them down again.
 
-- `lab` (module-scoped): one pair, prefix crlabt, 10.78.0.0/24, up once for most tests;
+- `lab` (module-scoped): one pair, prefix crlabt, 10.72.0.0/24, up once for most tests;
 - `test_two_pairs`: its own lab, prefix crlabu, `lab_pairs=2`;
 - `test_lab_dir_under_a_host_private_mount`: its own lab, prefix crlabv;
 - `test_a_subnet_already_in_use_is_refused`: prefix crlabw, on a subnet the test first
   gives to a veth pair of its own (crlabwx/crlabwy).
 
-Only crlabt's subnet is fixed (10.78.0.0/24); the others take the first /24 of 10.178-199
-that nothing on this machine uses (other labs - the QEMU guest lab takes 10.79.0.0/24 -
+Only crlabt's subnet is fixed (10.72.0.0/24, clear of the benchmark's crbench lab on
+10.78.0.0/24); the others take the first /24 of 10.178-199 that nothing on this machine uses (other labs - the QEMU guest lab takes 10.79.0.0/24 -
 run beside these tests). A subnet or prefix already in use stops the tests with a message.
 
 The lab folders live under /var/tmp, not pytest's /tmp: a host's /tmp is a private tmpfs,
@@ -434,7 +434,7 @@ def own_lab(
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     try:
-        with own_lab("crlabt", "10.78.0.0/24", tmp_path_factory.mktemp("crlabt")) as lab:
+        with own_lab("crlabt", "10.72.0.0/24", tmp_path_factory.mktemp("crlabt")) as lab:
             run = lab.up()
             record_timing("lab-up (cold)", run)
             assert run.returncode == 0, run.tail()
