@@ -160,3 +160,12 @@ def test_the_migrate_plays_serial_default_is_group_vars_pairs_at_once() -> None:
     plays = yaml.safe_load((REPO / "migrate.yml").read_text())
     migrate = next(play for play in plays if play["hosts"] == "migration_sources")
     assert migrate["serial"] == f"{{{{ pairs_at_once | default({group_vars['pairs_at_once']}) }}}}"
+
+
+def test_no_two_test_modules_share_a_basename() -> None:
+    """pytest imports test modules by basename (rootdir import mode, no __init__.py): two
+    modules of one name in tests/unit and tests/integration stop the whole collection."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
