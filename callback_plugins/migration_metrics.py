@@ -55,10 +55,7 @@ def _task_phase(task: Any, role: str | None) -> str | None:
     which Ansible runs on entering a role and which is part of no phase (the fused path
     enters checkpoint_dump for the page server before the freeze: its argument check is
     not a dump step)."""
-    if getattr(task, "action", None) in (
-        "validate_argument_spec",
-        "ansible.builtin.validate_argument_spec",
-    ):
+    if task.action in ("validate_argument_spec", "ansible.builtin.validate_argument_spec"):
         return None
     return ROLE_PHASES.get(role or "")
 

@@ -22,6 +22,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 CHUNK = 1 << 20
@@ -45,28 +46,28 @@ def serve(bind: str, port: int, timeout_s: float) -> dict[str, Any]:
             while data := conn.recv(4096):
                 conn.sendall(data)
             return {"mode": "echo"}
-        total, first, last = 0, None, time.monotonic()
-        while data := conn.recv(CHUNK):
-            now = time.monotonic()
-            first = now if first is None else first
-            last = now
-            total += len(data)
-        seconds = (last - first) if first is not None else 0.0
+        total, seconds = time_reads(lambda: conn.recv(CHUNK))
         conn.sendall(json.dumps({"bytes": total, "seconds": seconds}).encode())
         return {"mode": "stream", "bytes": total, "seconds": seconds}
+
+
+def time_reads(read: Callable[[], bytes]) -> tuple[int, float]:
+    """Call `read` until it returns nothing: the bytes read, and the seconds from the first
+    byte to the last (a sender's connection set-up and the reader's wait are not counted)."""
+    total, first, last = 0, None, time.monotonic()
+    while data := read():
+        now = time.monotonic()
+        first = now if first is None else first
+        last = now
+        total += len(data)
+    return total, (last - first) if first is not None else 0.0
 
 
 def count_stdin() -> dict[str, Any]:
     """Bytes read from stdin until EOF, timed from the first byte to the last: the rate of
     whatever feeds it (e.g. an ssh session, without its handshake)."""
-    total, first, last = 0, None, time.monotonic()
     stdin = sys.stdin.buffer
-    while data := stdin.read1(CHUNK):
-        now = time.monotonic()
-        first = now if first is None else first
-        last = now
-        total += len(data)
-    seconds = (last - first) if first is not None else 0.0
+    total, seconds = time_reads(lambda: stdin.read1(CHUNK))
     return {
         "bytes": total,
         "seconds": seconds,

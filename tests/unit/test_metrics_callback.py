@@ -82,10 +82,11 @@ class Role:
 class Task:
     _count = 0
 
-    def __init__(self, name: str, role: str | None = None) -> None:
+    def __init__(self, name: str, role: str | None = None, action: str = "command") -> None:
         Task._count += 1
         self._uuid = f"task-{Task._count}"
         self.name = name
+        self.action = action
         self._role = Role(role) if role else None
 
     def get_name(self) -> str:
