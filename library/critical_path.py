@@ -16,7 +16,7 @@ description:
     same trust the transfer uses (C(module_utils/ssh_master.py)). No Ansible task boundary
     lies between the phases.
   - Everything the freeze does not need is prepared first - the master connection, the
-    destination's folders, the restore's argv. The page server (C(page_server=true)) and a
+    destination's folders, the restore's argv, the EC2 client (I(handover)). The page server (C(page_server=true)) and a
     PID taken on purpose (C(inject_fault=restore_pid_busy)) are set up by earlier tasks.
   - Every critical-path timestamp is taken on the source's monotonic clock, so
     C(downtime_s) (dump start to the restore having the tree running) needs no clock
@@ -61,6 +61,41 @@ options:
     type: str
     choices: [none, interrupt, corrupt_image]
     default: none
+  handover:
+    description: C(transfer=ebs) - the source moves the pair's EBS volume to the destination
+      itself, between the send (which unmounted it here) and the receive (which mounts it
+      there) - C(DetachVolume), C(AttachVolume) and their waits through the EC2 API, with the
+      node's C(python3-boto3) and I(aws). In the namespaces lab (C(implementation=lab)) the
+      attach presents a loop device on the volume's backing file (C(module_utils/ebs_attach.py)).
+    type: dict
+    suboptions:
+      volume_id:
+        description: The pair's volume.
+        type: str
+        required: true
+      instance_id:
+        description: The destination's instance.
+        type: str
+        required: true
+      implementation:
+        description: C(aws) (EC2 presents the device) or C(lab).
+        type: str
+        choices: [aws, lab]
+        default: aws
+      lab_backing_dir:
+        description: The lab's folder of volume backing files.
+        type: path
+      endpoint_url:
+        description: An EC2-compatible endpoint (empty - AWS's own).
+        type: str
+      timeout_s:
+        description: Seconds the detach and the attach may each take.
+        type: float
+        default: 300
+      no_device:
+        description: Attach in the API and present no device (C(inject_fault=ebs_attach_fail), lab only).
+        type: bool
+        default: false
   lazy_pages_daemon:
     description: The destination's C(criu lazy-pages) options (C(images_dir), C(log_file),
       C(pidfile), C(page_server), C(address), C(port), and the C(tls) options of I(dump));
@@ -187,6 +222,7 @@ from ansible.module_utils.criu_runner import (
     start_lazy_dump,
 )
 from ansible.module_utils.criu_stats import CriuStatsError, summarize_stats_image
+from ansible.module_utils.ebs_attach import AttachError, Ec2Volumes, volumes_for
 from ansible.module_utils.faults import CORRUPT_PAGE_IMAGE_SH, parse_corruption
 from ansible.module_utils.private_files import private_umask, umasked
 from ansible.module_utils.processes import ProcessFiles
@@ -245,6 +281,7 @@ class CriticalPath:
         self.restored = False
         self.journal = Journal(self.params["journal"])
         self.master: SshMaster | None = None
+        self.volumes: Ec2Volumes | None = None
         # the phase of the step under way: an unexpected error is filed under it
         self.phase = "critical_path"
 
@@ -291,6 +328,21 @@ class CriticalPath:
                 f"cannot create {', '.join(folders)} on {request.destination}: {err.strip()}",
                 "critical_path",
             )
+        handover = self.params["handover"]
+        if handover:
+            try:  # boto3's import and the client, before the freeze
+                self.volumes = volumes_for(
+                    self.params["aws"],
+                    handover["endpoint_url"],
+                    handover["implementation"],
+                    handover["lab_backing_dir"],
+                    no_device=handover["no_device"],
+                )
+            except AttachError as exc:
+                raise CriticalPathFailed(
+                    f"{exc} (before the freeze: the workload runs on the source as before)",
+                    "critical_path",
+                ) from exc
         self.journal.write("prepared", plan=self.plan())
 
     def dump(self) -> None:
@@ -338,6 +390,7 @@ class CriticalPath:
         try:
             outcome = transfer_send(request, self.run_local, backend)
             sent = outcome.record("final")
+            handover = self.move_volume() if self.volumes is not None else None
             if p["fault"] == "corrupt_image":
                 self.corrupt_on_destination()
             received = (
@@ -345,7 +398,7 @@ class CriticalPath:
                 if backend.two_sided
                 else None
             )
-        except (TransferError, ValueError) as exc:
+        except (TransferError, AttachError, ValueError) as exc:
             self._step("transfer", started, time.monotonic())
             self.journal.write("transfer failed")
             raise CriticalPathFailed(
@@ -369,7 +422,7 @@ class CriticalPath:
             }
         self._step("transfer", started, time.monotonic())
         # the same record as the stepwise send + receive: totals over send, receive, check
-        record = combine_sides(sent, received.as_dict() if received else None, verify)
+        record = combine_sides(sent, received.as_dict() if received else None, verify, handover)
         record["dest_paths"] = sorted({*sent.get("dest_paths", []), *record["dest_paths"]})
         record["started_at"] = started_at
         self._record("transfer", record)
@@ -381,6 +434,26 @@ class CriticalPath:
                 "transfer",
             )
         self.journal.write("transferred", dest_paths=record.get("dest_paths", []))
+
+    def move_volume(self) -> dict[str, Any]:
+        """transfer=ebs: the volume, unmounted here by the send, goes to the destination - each
+        API call and wait timed, as the control node's move on the stepwise path."""
+        assert self.volumes is not None
+        handover = self.params["handover"]
+        t0 = time.monotonic()
+        self.journal.write("volume moving", volume_id=handover["volume_id"])
+        steps = self.volumes.move(
+            handover["volume_id"], handover["instance_id"], handover["timeout_s"]
+        )
+        self.journal.write(
+            "volume moved", volume_id=handover["volume_id"], instance_id=handover["instance_id"]
+        )
+        return {
+            "what": f"{self.host} (the source) moved the EBS volume",
+            "implementation": self.volumes.kind,
+            "duration_s": round(time.monotonic() - t0, 6),
+            "steps": steps,
+        }
 
     def corrupt_on_destination(self) -> None:
         """inject_fault=corrupt_image: one byte of the largest page image flips there."""
@@ -550,6 +623,22 @@ def main() -> None:
                 "choices": ["none", "interrupt", "corrupt_image"],
             },
             "lazy_pages_daemon": {"type": "dict"},
+            "handover": {
+                "type": "dict",
+                "options": {
+                    "volume_id": {"type": "str", "required": True},
+                    "instance_id": {"type": "str", "required": True},
+                    "implementation": {
+                        "type": "str",
+                        "default": "aws",
+                        "choices": ["aws", "lab"],
+                    },
+                    "lab_backing_dir": {"type": "path"},
+                    "endpoint_url": {"type": "str"},
+                    "timeout_s": {"type": "float", "default": 300.0},
+                    "no_device": {"type": "bool", "default": False},
+                },
+            },
             "restore": {"type": "dict", "required": True},
             "journal": {"type": "path", "required": True},
             "timeout": {"type": "int", "default": 600},

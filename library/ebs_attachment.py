@@ -121,43 +121,23 @@ implementation:
   type: str
 """
 
-import os
 import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.ebs_attach import AttachError, Ec2Volumes, LabVolumes
-from ansible.module_utils.transfer_backends import AWS_OPTIONS, aws_environment
-
-
-def ec2_client(module: AnsibleModule) -> Any:
-    p = module.params
-    env = aws_environment(p["aws"])
-    os.environ.update(env)  # this process only: boto3's chain reads the environment
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError as exc:
-        module.fail_json(msg=f"ebs_attachment needs boto3 on the control node ({exc})")
-    config = Config(connect_timeout=10, read_timeout=30, retries={"max_attempts": 3})
-    return boto3.session.Session().client(
-        "ec2",
-        endpoint_url=p["endpoint_url"] or None,
-        region_name=env.get("AWS_DEFAULT_REGION") or None,
-        config=config,
-    )
+from ansible.module_utils.ebs_attach import AttachError, Ec2Volumes, volumes_for
+from ansible.module_utils.transfer_backends import AWS_OPTIONS
 
 
 def volumes(module: AnsibleModule) -> Ec2Volumes:
     p = module.params
-    ec2 = ec2_client(module)
-    if p["implementation"] == "lab":
-        if not p["lab_backing_dir"]:
-            module.fail_json(msg="implementation=lab needs lab_backing_dir")
-        return LabVolumes(ec2, p["lab_backing_dir"], present_devices=p["fault"] != "no_device")
-    if p["fault"] != "none":
-        module.fail_json(msg="fault=no_device needs implementation=lab (EC2 presents devices)")
-    return Ec2Volumes(ec2)
+    try:
+        return volumes_for(
+            p["aws"], p["endpoint_url"], p["implementation"], p["lab_backing_dir"],
+            no_device=p["fault"] == "no_device",
+        )  # fmt: skip
+    except AttachError as exc:
+        module.fail_json(msg=str(exc))
 
 
 def main() -> None:

@@ -14,9 +14,10 @@ its host, so the attach step is one small interface with two implementations:
   refusing while a host still has it mounted. The images really move with the volume:
   nothing else carries them.
 
-Every API call and every wait is timed on its own (`api_s`, `wait_s`). boto3 is imported by
-the caller (library/ebs_attachment.py, on the control node), never here: this file only
-takes an EC2 client.
+Every API call and every wait is timed on its own (`api_s`, `wait_s`). The move is made by
+the control node on the stepwise path (library/ebs_attachment.py) and by the source itself on
+the fused critical path (library/critical_path.py, with the node's python3-boto3); both build
+their client with `volumes_for`, which imports boto3 only when called.
 """
 
 from __future__ import annotations
@@ -344,3 +345,38 @@ def remove_loop_devices(backing: Path, run: Callable[[list[str]], Any] = _run) -
                 run(["losetup", "--detach", device])
                 removed.append(device)
     return removed
+
+
+def volumes_for(
+    aws: dict[str, Any] | None,
+    endpoint_url: str | None,
+    implementation: str = "aws",
+    lab_backing_dir: str | None = None,
+    no_device: bool = False,
+) -> Ec2Volumes:
+    """The attach implementation with its EC2 client: `aws` holds the region and the labs'
+    credentials (transfer_backends.AWS_OPTIONS); otherwise boto3's chain (an instance
+    profile on AWS). The variables go into this process's environment only."""
+    from ansible.module_utils.transfer_backends import aws_environment
+
+    env = aws_environment(aws)
+    os.environ.update(env)
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as exc:
+        raise AttachError(f"moving an EBS volume needs boto3 here ({exc})") from exc
+    config = Config(connect_timeout=10, read_timeout=30, retries={"max_attempts": 3})
+    ec2 = boto3.session.Session().client(
+        "ec2",
+        endpoint_url=endpoint_url or None,
+        region_name=env.get("AWS_DEFAULT_REGION") or None,
+        config=config,
+    )
+    if implementation == "lab":
+        if not lab_backing_dir:
+            raise AttachError("implementation=lab needs lab_backing_dir")
+        return LabVolumes(ec2, lab_backing_dir, present_devices=not no_device)
+    if no_device:
+        raise AttachError("fault=no_device needs implementation=lab (EC2 presents devices)")
+    return Ec2Volumes(ec2)

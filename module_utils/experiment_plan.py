@@ -122,8 +122,9 @@ SETTINGS: dict[str, Param] = {
                 "the filesystem both hosts mount at efs_mount_path (lab: /mnt/criu-shared) and "
                 "the destination restores them from there, only the working directory is "
                 "copied through it; s3: uploaded to s3_bucket by the source, downloaded by the "
-                "destination; ebs: dumped onto the pair's EBS volume (ebs_volume_id), which the "
-                "control node moves to the destination (docs/transfer.md)", choices=METHODS),
+                "destination; ebs: dumped onto the pair's EBS volume (ebs_volume_id), which "
+                "moves to the destination (the source moves it on the fused path, the control "
+                "node on the stepwise path; docs/transfer.md)", choices=METHODS),
         setting("transfer_cipher", "str", "SSH cipher of the transfer", choices=SSH_CIPHERS),
         setting("transfer_compress", "str",
                 "zstd: a tar | zstd -T0 -<level> | ssh | zstd -d | tar -x stream instead of "

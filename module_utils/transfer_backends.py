@@ -18,9 +18,12 @@ restore. Backends:
   Debian's python3-boto3) as an argv, so the fused critical path runs the receive over its
   SSH master; the AWS environment (region, the lab's credentials) goes to it on stdin.
 - `ebs`: like efs, the images were dumped onto a volume mounted at `ebs_mount_path`; the send
-  stages the rest on it and unmounts it, the control node moves the volume to the
-  destination (module_utils/ebs_attach.py), and the receive mounts it there
-  (the device found by its volume id: `find_volume_device`) and copies the staged paths out.
+  stages the rest on it and unmounts it, the volume moves to the destination
+  (module_utils/ebs_attach.py: the control node's call on the stepwise path, the fused
+  critical path's own on the source), and the receive mounts it there (the device found by
+  its volume id: `find_volume_device`) and copies the staged paths out. Every step on a host
+  goes through the runner it is given, so the fused path runs the receive on the
+  destination over its SSH master.
 
 Integrity: a sha256 manifest of the sent files (`checksum_manifest`), compared on the
 destination (`compare_manifest`). Argv building, output parsing and the manifest code are
@@ -888,77 +891,105 @@ def volume_serial(volume_id: str) -> str:
     return volume_id.replace("-", "")
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
+# The block device of an attached EBS volume, found by its volume id, never guessed from the
+# device name given to AttachVolume (Nitro instances rename it /dev/nvme<N>n1). A shell
+# script, so that it runs on whichever host the runner reaches ($1 volume id, $2 its NVMe
+# serial, $3 /dev, $4 /sys, $5 the lab's backing-file suffix):
+# 1. udev's link /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<id without dash>;
+# 2. the same serial in sysfs (/sys/block/<name>/device/serial; virtio disks: .../serial),
+#    for hosts without udev (NVMe pads its serial with spaces);
+# 3. the namespaces lab: a loop device whose backing file is <volume id>.img.
+FIND_VOLUME_DEVICE_SH = r"""
+volume=$1 serial=$2 dev=$3 sys=$4 suffix=$5
+link="$dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_$serial"
+if [ -e "$link" ]; then readlink -f "$link"; exit 0; fi
+for block in "$sys"/block/*; do
+  name=${block##*/}
+  [ -e "$dev/$name" ] || continue
+  for file in "$block/device/serial" "$block/serial"; do
+    [ -r "$file" ] || continue
+    found=$(tr -d ' \t\n' < "$file")
+    if [ "$found" = "$serial" ] || [ "$found" = "$volume" ]; then echo "$dev/$name"; exit 0; fi
+  done
+  if [ -r "$block/loop/backing_file" ]; then
+    backing=$(cat "$block/loop/backing_file")
+    if [ "${backing##*/}" = "$volume$suffix" ]; then echo "$dev/$name"; exit 0; fi
+  fi
+done
+exit 1
+"""
 
 
-def find_volume_device(volume_id: str, dev: str = "/dev", sys_root: str = "/sys") -> str | None:
-    """The block device of an attached EBS volume, found by its volume id, never guessed
-    from the device name given to AttachVolume (Nitro instances rename it /dev/nvme<N>n1):
+def find_volume_device(
+    volume_id: str, run: Runner, dev: str = "/dev", sys_root: str = "/sys"
+) -> str | None:
+    """The block device of an attached EBS volume on the host `run` reaches (None: none yet)."""
+    rc, out, _err = run(
+        ["sh", "-c", FIND_VOLUME_DEVICE_SH, "find-volume-device", volume_id,
+         volume_serial(volume_id), dev, sys_root, LAB_BACKING_SUFFIX]
+    )  # fmt: skip
+    return out.strip() or None if rc == 0 else None
 
-    1. udev's link /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<id without dash>;
-    2. the same serial in sysfs (/sys/block/<name>/device/serial; virtio disks: .../serial),
-       for hosts without udev;
-    3. the namespaces lab: a loop device whose backing file is <volume id>.img.
-    """
-    serial = volume_serial(volume_id)
-    link = os.path.join(dev, EBS_BY_ID.format(serial=serial))
-    if os.path.exists(link):
-        return os.path.realpath(link)
-    try:
-        names = sorted(os.listdir(os.path.join(sys_root, "block")))
-    except OSError:
-        names = []
-    for name in names:
-        block = os.path.join(sys_root, "block", name)
-        for candidate in (os.path.join(block, "device", "serial"), os.path.join(block, "serial")):
-            if _read(candidate) in (serial, volume_id):
-                return os.path.join(dev, name)
-        backing = _read(os.path.join(block, "loop", "backing_file"))
-        if backing and os.path.basename(backing) == volume_id + LAB_BACKING_SUFFIX:
-            return os.path.join(dev, name)
-    return None
+
+def host_name(run: Runner) -> str:
+    """The name of the host `run` reaches (for messages)."""
+    rc, out, _err = run(["uname", "-n"])
+    return out.strip() if rc == 0 and out.strip() else "the host"
 
 
 def wait_for_volume_device(
     volume_id: str,
     timeout_s: float,
-    find: Callable[[str], str | None] = find_volume_device,
+    find: Callable[[str], str | None],
     interval_s: float = 0.05,
+    where: Callable[[], str] = lambda: os.uname().nodename,
 ) -> tuple[str, float]:
-    """(device, seconds waited) once the attached volume's device shows up on this host."""
+    """(device, seconds waited) once the attached volume's device shows up on the host."""
     t0 = time.monotonic()
     while True:
         device = find(volume_id)
-        if device and os.path.exists(device):
+        if device:
             return device, time.monotonic() - t0
         if time.monotonic() - t0 >= timeout_s:
             raise TransferError(
-                f"no block device of EBS volume {volume_id} appeared on {os.uname().nodename} "
+                f"no block device of EBS volume {volume_id} appeared on {where()} "
                 f"within {timeout_s:g} s of its attach (looked for the NVMe serial "
                 f"{volume_serial(volume_id)} in /dev/disk/by-id and /sys/block)"
             )
         time.sleep(interval_s)
 
 
-def mounted_source(mount_path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """major:minor of what is mounted at `mount_path` (None: nothing)."""
+def mounted_source(
+    mount_path: str, run: Runner, mountinfo: str = "/proc/self/mountinfo"
+) -> str | None:
+    """major:minor of what is mounted at `mount_path` on the host `run` reaches (None:
+    nothing)."""
     target = os.path.normpath(mount_path)
+    _rc, out, _err = run(["cat", mountinfo])
     found = None
-    for line in _read(mountinfo).splitlines():
+    for line in out.splitlines():
         fields = line.split()
         if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
             found = fields[2]  # the last mount on a path is the visible one
     return found
 
 
-def device_number(device: str) -> str:
-    rdev = os.stat(device).st_rdev
-    return f"{os.major(rdev)}:{os.minor(rdev)}"
+def device_number(device: str, run: Runner) -> str:
+    """major:minor of a block device on the host `run` reaches."""
+    rc, out, err = run(["stat", "--dereference", "--format", "%t:%T", device])
+    if rc != 0 or ":" not in out:
+        raise TransferError(f"cannot stat {device}: {(err or out).strip()}")
+    major, minor = out.strip().split(":")
+    return f"{int(major, 16)}:{int(minor, 16)}"
+
+
+def missing_paths(paths: Sequence[str], run: Runner) -> list[str]:
+    """Which of `paths` do not exist on the host `run` reaches."""
+    if not paths:
+        return []
+    script = 'for p; do [ -e "$p" ] || printf "%s\\n" "$p"; done'
+    _rc, out, _err = run(["sh", "-c", script, "missing-paths", *paths])
+    return [line for line in out.splitlines() if line]
 
 
 def sbin(name: str) -> str:
@@ -980,19 +1011,25 @@ def mount_volume(
     timeout_s: float,
     run: Runner,
     make_filesystem: bool = False,
-    find: Callable[[str], str | None] = find_volume_device,
+    find: Callable[[str], str | None] | None = None,
 ) -> dict[str, Any]:
     """Find the attached volume's device by its id, make its filesystem when it has none and
-    `make_filesystem` (the source, once), mount it at `mount_path`. Each step timed."""
-    device, waited = wait_for_volume_device(volume_id, timeout_s, find)
+    `make_filesystem` (the source, once), mount it at `mount_path` - on the host `run`
+    reaches. Each step timed."""
+    device, waited = wait_for_volume_device(
+        volume_id,
+        timeout_s,
+        find or (lambda volume: find_volume_device(volume, run)),
+        where=lambda: host_name(run),
+    )
     figures: dict[str, Any] = {
         "volume_id": volume_id,
         "device": device,
         "device_wait_s": round(waited, 6),
     }
-    current = mounted_source(mount_path)
+    current = mounted_source(mount_path, run)
     if current is not None:
-        if current == device_number(device):
+        if current == device_number(device, run):
             return {**figures, "mounted_already": True, "mount_s": 0.0}
         raise TransferError(f"{mount_path} is already a mount point of another device ({current})")
     rc, out, _err = run([sbin("blkid"), "-o", "value", "-s", "TYPE", device])
@@ -1009,7 +1046,7 @@ def mount_volume(
             f"making a filesystem on {device} ({volume_id})",
         )
         fstype = "ext4"
-    os.makedirs(mount_path, exist_ok=True)
+    run_or_raise(run, ["mkdir", "-p", mount_path], f"creating {mount_path}")
     _out, figures["mount_s"] = run_or_raise(
         run, [sbin("mount"), device, mount_path], f"mounting {device} ({volume_id}) at {mount_path}"
     )
@@ -1020,7 +1057,7 @@ def mount_volume(
 
 def unmount_volume(mount_path: str, run: Runner) -> dict[str, Any]:
     """Flush and unmount the volume at `mount_path` (nothing to do when it is not mounted)."""
-    if mounted_source(mount_path) is None:
+    if mounted_source(mount_path, run) is None:
         return {"mounted": False, "umount_s": 0.0}
     _out, sync_s = run_or_raise(run, [sbin("sync"), "-f", mount_path], f"sync of {mount_path}")
     _out, umount_s = run_or_raise(run, [sbin("umount"), mount_path], f"unmounting {mount_path}")
@@ -1045,8 +1082,9 @@ def shared_layout(
 
 class EbsBackend:
     """transfer=ebs: the dump wrote the images onto the pair's volume, mounted on the source;
-    the send stages the rest there and unmounts it, the control node moves the volume (the
-    `handover`), the receive mounts it on the destination and copies the staged paths out."""
+    the send stages the rest there and unmounts it, the volume moves (the `handover`: the
+    control node's call stepwise, the critical path's own fused), the receive mounts it on the
+    destination and copies the staged paths out."""
 
     name = "ebs"
     two_sided = True
@@ -1059,7 +1097,7 @@ class EbsBackend:
         in_place, staged, staging = shared_layout(
             request.paths, request.ebs_mount_path, request.ebs_dir, self.name
         )
-        if mounted_source(request.ebs_mount_path) is None:
+        if mounted_source(request.ebs_mount_path, run) is None:
             raise TransferError(
                 f"transfer=ebs: nothing is mounted at {request.ebs_mount_path} on "
                 f"{os.uname().nodename}: the volume {request.ebs_volume_id} must be attached and "
@@ -1107,7 +1145,7 @@ class EbsBackend:
         mounted = mount_volume(
             request.ebs_volume_id, request.ebs_mount_path, request.ebs_timeout_s, run
         )
-        missing = [path for path in in_place if not os.path.exists(path)]
+        missing = missing_paths(in_place, run)
         if missing:
             raise TransferError(
                 f"the volume {request.ebs_volume_id} mounted at {request.ebs_mount_path} lacks "
@@ -1475,13 +1513,6 @@ def cloud_transfer_errors(
             )
         return errors
     # ebs
-    if settings.get("critical_path") == "fused":
-        errors.append(
-            "transfer=ebs needs critical_path=stepwise: between the dump and the restore the "
-            "control node detaches the volume from the source and attaches it to the "
-            "destination (EC2 API calls from the control node), which the fused path's single "
-            "call on the source cannot make; run with -e critical_path=stepwise"
-        )
     if settings.get("page_server"):
         errors.append(
             "page_server=true streams the pages to the destination's disk; with transfer=ebs "

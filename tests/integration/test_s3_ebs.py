@@ -3,12 +3,12 @@ S3 and EC2: moto in server mode on the lab bridge, which playbooks/lab.yml start
 from the lab hosts and the control node; the hosts registered as instances, the pair's
 volume a loop device that moves between the hosts' mount namespaces with the attachment).
 
-- memory and redis migrate with s3 (fused and stepwise) and with ebs (stepwise), their
-  figures in metrics.json, the bucket emptied and the volume detached afterwards;
+- memory and redis migrate with s3 and with ebs (fused and stepwise each), their figures in
+  metrics.json, the bucket emptied and the volume detached afterwards;
 - an upload cut midway and an attach that presents no device are rolled back: the workload
   runs on the source again, nothing is left in the bucket, the volume rests detached;
 - a missing bucket is refused by the node checks from both hosts before the workload
-  starts; ebs with the fused path or across zones is refused by the preflight;
+  starts; ebs across zones is refused by the preflight;
 - no results folder or output holds the lab's credentials (conftest's assert_no_secrets).
 
 Other engineers use the same lab: each test cleans only what its own experiment made.
@@ -218,15 +218,16 @@ def test_a_missing_bucket_is_refused_by_both_hosts_before_the_workload(
 
 
 @pytest.mark.parametrize(
-    "variables",
-    [{**SMALL, "transfer_verify": True}, SMALL_REDIS],
-    ids=["memory-verify", "redis"],
+    ("variables", "path"),
+    [({**SMALL, "transfer_verify": True}, "fused"), ({**SMALL_REDIS, **STEPWISE}, "stepwise")],
+    ids=["memory-fused-verify", "redis-stepwise"],
 )
-def test_ebs_migration(lab: Path, tmp_path: Path, variables: dict[str, Any]) -> None:
-    run, metrics = migrate(tmp_path, {**variables, **STEPWISE, "transfer": "ebs"})
+def test_ebs_migration(lab: Path, tmp_path: Path, variables: dict[str, Any], path: str) -> None:
+    run, metrics = migrate(tmp_path, {**variables, "transfer": "ebs"})
     experiment_id = metrics.get("experiment", {}).get("id")
     try:
         assert run.rc == 0, run.stdout[-5000:]
+        assert metrics["critical_path"]["path"] == path
         assert_continuous(metrics["verification"])
         transfer = metrics["phases"]["transfer"]
         assert transfer["method"] == "ebs"
@@ -241,13 +242,15 @@ def test_ebs_migration(lab: Path, tmp_path: Path, variables: dict[str, Any]) -> 
         assert ebs["source"]["mounted"] is True and ebs["source"]["umount_s"] > 0
         assert ebs["destination"]["device"].startswith("/dev/loop")
         assert ebs["destination"]["mount_s"] > 0
-        # the control node moved it: detach from the source, then attach to the destination,
-        # each call and each wait timed
+        # detach from the source, then attach to the destination, each call and each wait
+        # timed - by the source inside the fused call, by the control node stepwise
         hosts = yaml.safe_load(LAB_INVENTORY.read_text())["all"]["children"]["lab"]["children"]
         ids = {
             side: hosts[side]["hosts"][side]["instance_id"] for side in ("source", "destination")
         }
         handover = transfer["handover"]
+        mover = "source (the source)" if path == "fused" else "the control node"
+        assert mover in handover["what"]
         assert [(s["step"], s["instance_id"]) for s in handover["steps"]] == [
             ("detach", ids["source"]),
             ("attach", ids["destination"]),
@@ -281,11 +284,11 @@ def test_ebs_migration(lab: Path, tmp_path: Path, variables: dict[str, Any]) -> 
 
 
 def test_an_attach_without_a_device_is_rolled_back(lab: Path, tmp_path: Path) -> None:
+    """On the fused path (the default): the source's own attach presents no device."""
     run, metrics = migrate(
         tmp_path,
         {
             **SMALL,
-            **STEPWISE,
             "transfer": "ebs",
             "inject_fault": "ebs_attach_fail",
             "ebs_timeout_s": 3,
@@ -309,7 +312,7 @@ def test_an_attach_without_a_device_is_rolled_back(lab: Path, tmp_path: Path) ->
         remove_from_volume(experiment_id)
 
 
-def test_ebs_with_the_fused_path_or_across_zones_is_refused(lab: Path, tmp_path: Path) -> None:
+def test_ebs_across_zones_is_refused(lab: Path, tmp_path: Path) -> None:
     inventory = yaml.safe_load(LAB_INVENTORY.read_text())
     hosts = inventory["all"]["children"]["lab"]["children"]
     hosts["destination"]["hosts"]["destination"]["availability_zone"] = "us-east-1b"
@@ -321,8 +324,6 @@ def test_ebs_with_the_fused_path_or_across_zones_is_refused(lab: Path, tmp_path:
     assert_refused_before_any_host(
         run,
         [
-            "transfer=ebs needs critical_path=stepwise",
-            "run with -e critical_path=stepwise",
             "transfer=ebs cannot move a volume from source (us-east-1a) to destination "
             "(us-east-1b): an EBS volume lives in one availability zone",
             "across zones use transfer=rsync, s3 or efs",

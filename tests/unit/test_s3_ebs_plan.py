@@ -43,8 +43,10 @@ from transfer_backends import (
     aws_environment,
     cloud_transfer_errors,
     combine_sides,
+    device_number,
     find_volume_device,
     masked,
+    missing_paths,
     mounted_source,
     request_from_options,
     s3_tool_argv,
@@ -534,20 +536,20 @@ def test_device_by_udevs_nvme_link(tmp_path: Path) -> None:
     os.symlink(
         "../../nvme1n1", f"{dev}/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0"
     )
-    assert find_volume_device(VOLUME, dev, sys_root) == f"{dev}/nvme1n1"
+    assert find_volume_device(VOLUME, subprocess_runner, dev, sys_root) == f"{dev}/nvme1n1"
 
 
 def test_device_by_the_nvme_serial_in_sysfs(tmp_path: Path) -> None:
     dev, sys_root = fake_host(tmp_path)
     # NVMe pads its serial with spaces; without udev there is no by-id link
     Path(sys_root, "block", "nvme1n1", "device", "serial").write_text("vol0123456789abcdef0    \n")
-    assert find_volume_device(VOLUME, dev, sys_root) == f"{dev}/nvme1n1"
+    assert find_volume_device(VOLUME, subprocess_runner, dev, sys_root) == f"{dev}/nvme1n1"
 
 
 def test_device_by_a_virtio_serial(tmp_path: Path) -> None:
     dev, sys_root = fake_host(tmp_path)
     Path(sys_root, "block", "vdb", "serial").write_text(VOLUME)
-    assert find_volume_device(VOLUME, dev, sys_root) == f"{dev}/vdb"
+    assert find_volume_device(VOLUME, subprocess_runner, dev, sys_root) == f"{dev}/vdb"
 
 
 def test_device_in_the_lab_by_its_loop_backing_file(tmp_path: Path) -> None:
@@ -556,15 +558,17 @@ def test_device_in_the_lab_by_its_loop_backing_file(tmp_path: Path) -> None:
     Path(sys_root, "block", "loop3", "loop", "backing_file").write_text(
         f"/work/.lab/ebs/{VOLUME}.img\n"
     )
-    assert find_volume_device(VOLUME, dev, sys_root) == f"{dev}/loop3"
+    assert find_volume_device(VOLUME, subprocess_runner, dev, sys_root) == f"{dev}/loop3"
 
 
 def test_no_device_is_guessed(tmp_path: Path) -> None:
     dev, sys_root = fake_host(tmp_path)
     Path(dev, "xvdf").touch()  # what AttachVolume's device name would suggest
-    assert find_volume_device(VOLUME, dev, sys_root) is None
+    assert find_volume_device(VOLUME, subprocess_runner, dev, sys_root) is None
     with pytest.raises(TransferError, match=f"no block device of EBS volume {VOLUME} appeared"):
-        wait_for_volume_device(VOLUME, 0.05, lambda v: find_volume_device(v, dev, sys_root), 0.01)
+        wait_for_volume_device(
+            VOLUME, 0.05, lambda v: find_volume_device(v, subprocess_runner, dev, sys_root), 0.01
+        )
 
 
 def test_waiting_for_the_device_times_the_wait(tmp_path: Path) -> None:
@@ -583,8 +587,18 @@ def test_mounted_source_reads_mountinfo(tmp_path: Path) -> None:
         "22 1 252:0 / / rw - ext4 /dev/vda rw\n"
         "95 22 7:3 / /mnt/criu-ebs rw,relatime - ext4 /dev/loop3 rw\n"
     )
-    assert mounted_source("/mnt/criu-ebs/", str(info)) == "7:3"
-    assert mounted_source("/mnt/other", str(info)) is None
+    assert mounted_source("/mnt/criu-ebs/", subprocess_runner, str(info)) == "7:3"
+    assert mounted_source("/mnt/other", subprocess_runner, str(info)) is None
+
+
+def test_device_number_and_missing_paths_ask_the_host(tmp_path: Path) -> None:
+    assert device_number("/dev/null", subprocess_runner) == "1:3"
+    with pytest.raises(TransferError, match="cannot stat"):
+        device_number(str(tmp_path / "none"), subprocess_runner)
+    (tmp_path / "here").touch()
+    paths = [str(tmp_path / "here"), str(tmp_path / "gone"), str(tmp_path / "a b")]
+    assert missing_paths(paths, subprocess_runner) == paths[1:]
+    assert missing_paths([], subprocess_runner) == []
 
 
 # -- ebs: the backend around the mount ------------------------------------------------------
@@ -602,7 +616,7 @@ def test_ebs_send_stages_then_unmounts_and_receive_mounts_then_copies(
     work.mkdir(parents=True)
     (work / "progress.log").write_text("line\n")
     events: list[str] = []
-    monkeypatch.setattr(transfer_backends, "mounted_source", lambda path: "7:3")
+    monkeypatch.setattr(transfer_backends, "mounted_source", lambda path, run: "7:3")
     monkeypatch.setattr(
         transfer_backends,
         "unmount_volume",
@@ -659,7 +673,7 @@ def test_ebs_send_stages_then_unmounts_and_receive_mounts_then_copies(
 def test_ebs_send_refuses_an_unmounted_volume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(transfer_backends, "mounted_source", lambda path: None)
+    monkeypatch.setattr(transfer_backends, "mounted_source", lambda path, run: None)
     request = request_from_options(
         {
             "method": "ebs",
@@ -826,11 +840,9 @@ def cloud_errors(
     )
 
 
-def test_preflight_ebs_needs_the_stepwise_path_and_one_zone() -> None:
+def test_preflight_ebs_runs_on_either_path_within_one_zone() -> None:
     assert cloud_errors({"transfer": "ebs", "critical_path": "stepwise"}) == []
-    fused = cloud_errors({"transfer": "ebs", "critical_path": "fused"})
-    assert len(fused) == 1 and "transfer=ebs needs critical_path=stepwise" in fused[0]
-    assert "-e critical_path=stepwise" in fused[0]
+    assert cloud_errors({"transfer": "ebs", "critical_path": "fused"}) == []
     cross = cloud_errors(
         {"transfer": "ebs", "critical_path": "stepwise"},
         {"src": {"ebs_attacher": "aws", "ebs_volume_id": VOLUME, "instance_id": "i-1",
