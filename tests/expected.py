@@ -27,19 +27,6 @@ METRICS_TOP_KEYS = frozenset(
     }
 )
 
-# With dump.leave_stopped (the fused path's default, roles/critical_path): the source's copy,
-# left stopped by the dump, ends once the destination runs the workload.
-CRITICAL_PATH_STEPS_LEFT_STOPPED = [
-    "prepared",
-    "dump started",
-    "dumped",
-    "transferred",
-    "restore started",
-    "restored",
-    "source ended",
-    "done",
-]
-
 # The steps library/critical_path.py journals in a run that restored, in order.
 CRITICAL_PATH_STEPS_DONE = [
     "prepared",
@@ -50,6 +37,10 @@ CRITICAL_PATH_STEPS_DONE = [
     "restored",
     "done",
 ]
+
+# With dump.leave_stopped (the fused path's default, roles/critical_path): the source's copy,
+# left stopped by the dump, ends once the destination runs the workload.
+CRITICAL_PATH_STEPS_LEFT_STOPPED = [*CRITICAL_PATH_STEPS_DONE[:-1], "source ended", "done"]
 
 
 def journal_steps(journal: Path) -> list[str]:

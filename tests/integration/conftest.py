@@ -162,6 +162,19 @@ def one_guest_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def one_lab_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the default lab has its hosts to itself: one experiment per host at a time
+    is the suite's own rule (a second run towards busy hosts is refused), and a fault test
+    takes the lab's link down or shrinks a disk under whatever else runs there."""
+    if "lab" not in request.fixturenames:
+        yield
+        return
+    SESSION_DIR.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(SESSION_DIR / "lab-in-use.lock")):
+        yield
+
+
 def _bring_up(flavour: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """lab.yml present for a flavour, once at a time; marks the lab as this session's when
     this call created it."""

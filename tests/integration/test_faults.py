@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, VENV_BIN, run_playbook, suite_env
+from conftest import LAB_INVENTORY, REPO, VENV_BIN, assert_no_secrets, run_playbook, suite_env
 
 pytestmark = pytest.mark.lab
 
@@ -258,7 +258,8 @@ def assert_one_running_copy(
     """The end-state check of every fault test, recorded for the session's summary: the
     workload runs on exactly one host (`where`), not stopped, its progress.log sequence going
     on there; its logs are in the results, whose folder is marked; the hosts keep no image,
-    no lock, no CRIU network lock, and its working directory only where it runs."""
+    no lock, no CRIU network lock, and its working directory only where it runs; no secret
+    (key material, the lab's credentials) reached the results."""
     experiment, pair = journal["experiment"], journal["pair"]
     found = copies(hosts, experiment)
     running = {name: procs for name, procs in found.items() if procs}
@@ -284,6 +285,7 @@ def assert_one_running_copy(
     assert results.name.endswith(RESULT_SUFFIXES), results
     assert (results / "source" / "progress.log").stat().st_size > 0
     assert (results / "journal.json").exists()
+    assert_no_secrets(results, inventory=LAB_INVENTORY)
     # the hosts keep what a running workload needs, nothing else (issue 17, item 7)
     for name, other in hosts.items():
         assert not other.path(pair["checkpoint_dir"]).exists(), f"images left on {name}"
