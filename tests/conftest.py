@@ -173,40 +173,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"{count} skipped: {reason}")
     for reason, count in Counter(failed).most_common():
         terminalreporter.write_line(f"{count} failed (skipped under CI=true): {reason}")
-    fault_matrix_summary(terminalreporter)
-
-
-# The fault matrix (tests/integration/test_faults.py, issue 17): the `fault_matrix` fixture puts
-# each fault test's end-state check on the test's teardown report under this key.
-FAULT_OUTCOME = "fault_outcome"
-
-
-def fault_matrix_summary(terminalreporter: Any) -> None:
-    """`N faults, 0 workloads lost`, from the fault tests' own end-state checks (when any ran),
-    read from the reports - so a pytest-xdist worker's tests count too."""
-    outcomes = [
-        value
-        for reports in terminalreporter.stats.values()
-        for report in reports
-        if getattr(report, "when", None) == "teardown"
-        for key, value in getattr(report, "user_properties", [])
-        if key == FAULT_OUTCOME
-    ]
-    if not outcomes:
-        return
-    lost = [o for o in outcomes if o["checked"] and o["lost"]]
-    unchecked = [o for o in outcomes if not o["checked"]]
-    for outcome in lost + unchecked:
-        state = (
-            f"LOST ({outcome['where']})"
-            if outcome["checked"]
-            else "not checked (the test ended first)"
-        )
-        terminalreporter.write_line(f"fault {outcome['fault']} ({outcome['path']} path): {state}")
-    line = f"{len(outcomes)} faults, {len(lost)} workloads lost"
-    if unchecked:
-        line += f", {len(unchecked)} not checked"
-    terminalreporter.write_sep("-", line)
 
 
 # -- no test, and no process a test starts, may ask the cloud metadata service ----------------

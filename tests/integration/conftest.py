@@ -16,7 +16,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -162,19 +162,6 @@ def one_guest_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(autouse=True)
-def one_lab_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test on the default lab has its hosts to itself: one experiment per host at a time
-    is the suite's own rule (a second run towards busy hosts is refused), and a fault test
-    takes the lab's link down or shrinks a disk under whatever else runs there."""
-    if "lab" not in request.fixturenames:
-        yield
-        return
-    SESSION_DIR.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(SESSION_DIR / "lab-in-use.lock")):
-        yield
-
-
 def _bring_up(flavour: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """lab.yml present for a flavour, once at a time; marks the lab as this session's when
     this call created it."""
@@ -218,41 +205,6 @@ def guest_lab() -> Iterator[Path]:
     )
     assert GUEST_INVENTORY.exists()
     yield GUEST_INVENTORY
-
-
-# -- the fault matrix: every fault test's own end-state check, summed up (issue 17) -------------
-
-# The key of a fault test's outcome on its teardown report; tests/conftest.py sums them up in
-# the session's summary (`N faults, 0 workloads lost`), from pytest-xdist workers too.
-FAULT_OUTCOME = "fault_outcome"
-
-
-@dataclass
-class FaultOutcome:
-    """One fault a test made happen for real, and what its end-state check found."""
-
-    fault: str
-    path: str  # the critical path it ran on (fused, the default, or stepwise)
-    checked: bool = False  # the test reached its end-state check
-    lost: bool = False  # the check found the workload on no host, on both, or stuck
-    where: str = ""
-
-
-@pytest.fixture
-def fault_matrix(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """Registers the test's fault when it starts; its end-state check says whether the
-    workload was lost (`outcome.lost`, `outcome.where`; `outcome.checked` once it ran). A test
-    that ends before its check counts as unchecked in the session's summary."""
-    outcomes: list[FaultOutcome] = []
-
-    def register(fault: str, path: str = "fused") -> FaultOutcome:
-        outcome = FaultOutcome(fault, path)
-        outcomes.append(outcome)
-        return outcome
-
-    yield register
-    for outcome in outcomes:  # on the teardown report, which reaches the controlling process
-        request.node.user_properties.append((FAULT_OUTCOME, asdict(outcome)))
 
 
 # -- secrets: never in a results folder, a log or metrics.json (issue 17) ---------------------

@@ -164,10 +164,6 @@ def test_a_failed_restore_after_a_page_server_dump_rolls_back_to_the_source(
             "page_server": True,
             "page_server_port": PAGE_SERVER_PORT,
             "inject_fault": "restore_pid_busy",
-            # the rollback from images (CRIU kills the dumped tree): the pages come back from
-            # the destination first. By default the dump leaves the tree stopped and it is
-            # resumed instead (test_faults.py).
-            "critical_path_leave_stopped": False,
         },
     )
     results, metrics = failed_run(run)

@@ -57,12 +57,7 @@ def assert_back_on_source(run_metrics: dict[str, Any], results: Path) -> None:
     try:
         journal = json.loads((results / "journal.json").read_text())
         assert journal["location"] == "source"
-        steps = [step["step"] for step in journal["steps"]]
-        if run_metrics["critical_path"]["path"] == "fused":
-            # the dump left the tree stopped on the source (leave_stopped): resumed there
-            assert "source_resumed (source)" in steps, steps
-        else:  # the stepwise dump ended it there: restored from its images
-            assert "rollback (source)" in steps, steps
+        assert (results / "source" / "criu-rollback-restore.log").exists()
         running = workload_processes("source", experiment_id)
         assert len(running) == 1
         assert str(run_metrics["workload"]["source_pid"]) in running[0]
