@@ -894,14 +894,13 @@ def volume_serial(volume_id: str) -> str:
 # The block device of an attached EBS volume, found by its volume id, never guessed from the
 # device name given to AttachVolume (Nitro instances rename it /dev/nvme<N>n1). A shell
 # script, so that it runs on whichever host the runner reaches ($1 volume id, $2 its NVMe
-# serial, $3 /dev, $4 /sys, $5 the lab's backing-file suffix):
+# serial, $3 /dev, $4 /sys, $5 the lab's backing-file suffix, $6 udev's link, EBS_BY_ID):
 # 1. udev's link /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<id without dash>;
 # 2. the same serial in sysfs (/sys/block/<name>/device/serial; virtio disks: .../serial),
 #    for hosts without udev (NVMe pads its serial with spaces);
 # 3. the namespaces lab: a loop device whose backing file is <volume id>.img.
 FIND_VOLUME_DEVICE_SH = r"""
-volume=$1 serial=$2 dev=$3 sys=$4 suffix=$5
-link="$dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_$serial"
+volume=$1 serial=$2 dev=$3 sys=$4 suffix=$5 link=$6
 if [ -e "$link" ]; then readlink -f "$link"; exit 0; fi
 for block in "$sys"/block/*; do
   name=${block##*/}
@@ -924,9 +923,10 @@ def find_volume_device(
     volume_id: str, run: Runner, dev: str = "/dev", sys_root: str = "/sys"
 ) -> str | None:
     """The block device of an attached EBS volume on the host `run` reaches (None: none yet)."""
+    serial = volume_serial(volume_id)
     rc, out, _err = run(
-        ["sh", "-c", FIND_VOLUME_DEVICE_SH, "find-volume-device", volume_id,
-         volume_serial(volume_id), dev, sys_root, LAB_BACKING_SUFFIX]
+        ["sh", "-c", FIND_VOLUME_DEVICE_SH, "find-volume-device", volume_id, serial, dev,
+         sys_root, LAB_BACKING_SUFFIX, os.path.join(dev, EBS_BY_ID.format(serial=serial))]
     )  # fmt: skip
     return out.strip() or None if rc == 0 else None
 
