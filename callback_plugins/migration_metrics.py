@@ -46,6 +46,8 @@ _LOCATION_AFTER = {
     "workload_start": "source",
     "final_dump": "checkpointed (not running)",
     "rollback": "source",
+    # the dumped tree, left stopped on the source (--leave-stopped), runs on there again
+    "source_resumed": "source",
     "finish": "finished",
 }
 
@@ -119,6 +121,13 @@ class CallbackModule(CallbackBase):
                 "destination": pair["destination"],
                 "working_dir": pair.get("working_dir"),
                 "checkpoint_dir": pair.get("checkpoint_dir"),
+                # the pair as planned (every node path, the transfer's options) and the
+                # settings a recovery needs: playbooks/recover.yml works from this file
+                "pair": pair,
+                "settings": {
+                    key: (experiment.get("settings") or {}).get(key)
+                    for key in ("keep_images", "transfer", "page_server", "critical_path")
+                },
                 "location": "not started",
                 "pid": None,
                 "images": {"source": [], "destination": []},
@@ -151,6 +160,8 @@ class CallbackModule(CallbackBase):
         if phase == "restore":
             # a restore started from the source over SSH (fused) ran on the destination
             journal["location"] = data.get("ran_on") or side
+        elif phase == "workload_died":
+            journal["location"] = f"nowhere (it died on the {side})"
         elif phase in _LOCATION_AFTER:
             journal["location"] = _LOCATION_AFTER[phase]
         elif phase not in ("predump", "transfer"):

@@ -25,9 +25,27 @@ description:
     C(results) items for the metrics callback, as the stepwise tasks return them.
   - The module writes its progress, one JSON line per step, to I(journal) on the source, so
     a recovery can tell where the workload is even if the control node died mid-call.
-  - On a failure the module fails with what was done (C(dumped), C(restored) and the
-    records); the run's rescue then restores the workload on the source from the same
-    images, exactly as after a failed stepwise phase.
+  - Before the freeze the module checks that the workload still runs and that the source
+    (for the dump) and the destination (for the transfer or the page server) have room for
+    the checkpoint - the tree's resident anonymous and shared memory, plus
+    I(space_margin_pct) and I(space_reserve_mb); a shortage is refused there, nothing frozen.
+  - With C(dump.leave_stopped) (CRIU's C(--leave-stopped)) the dumped tree stays on the
+    source, stopped, until the destination confirms the restore; then it is killed (and a
+    TCP workload's network lock removed). When the transfer or the restore fails, or the
+    destination becomes unreachable - even after a page-server dump, whose pages exist only
+    there - the tree is resumed where it is (TCP repair mode off, CRIU's network lock
+    removed, SIGCONT; C(module_utils/source_tree.py)), its connections intact. When the
+    restore's outcome cannot be told (the destination went away during it and cannot be
+    reached within I(confirm_timeout)), the tree stays stopped and the journal says so -
+    C(playbooks/recover.yml) decides.
+  - The work runs detached from the SSH session (C(module_utils/detached.py)) - a control
+    node killed or interrupted during the call does not stop it; the journal, whose lines
+    say where the workload is (C(where)), and C(critical-path.result.json) beside it tell a
+    recovery how it ended.
+  - On a failure the module fails with what was done (C(dumped), C(restored), C(where) and
+    the records); the run's rescue then finds the workload on the source, or restores it
+    there from the same images (a dump without C(leave_stopped)), as after a failed
+    stepwise phase.
 options:
   criu_bin:
     description: The source's criu binary. Found in /usr/local/sbin, /usr/sbin or PATH when omitted.
@@ -56,11 +74,35 @@ options:
     type: bool
     default: false
   fault:
-    description: C(interrupt) cuts the transfer's SSH connection midway; C(corrupt_image)
-      flips one byte of the largest page image on the destination after the transfer.
+    description:
+      - C(interrupt) cuts the transfer's SSH connection midway; C(corrupt_image) flips one
+        byte of the largest page image on the destination after the transfer.
+      - C(dump_fails) makes the final dump fail half way for real (a CRIU action script that
+        fails at the post-dump stage, and CRIU undoes the dump); C(dump_crashes) kills CRIU
+        there (its network lock and the sockets' repair mode stay behind).
+      - C(disk_full) fills the destination's images filesystem after the freeze, before the
+        transfer (refused before the freeze where that would take more than 1 GiB).
     type: str
-    choices: [none, interrupt, corrupt_image]
+    choices: [none, interrupt, corrupt_image, dump_fails, dump_crashes, disk_full]
     default: none
+  working_dir:
+    description: The workload's working directory on the source (its size counts in the
+      space check; its C(workload_error.log) explains a workload found dead).
+    type: path
+  space_margin_pct:
+    description: The space check's margin over the tree's resident memory, in percent; a
+      negative value turns the check off.
+    type: int
+    default: 10
+  space_reserve_mb:
+    description: MB the space check adds for the small image files (and the working directory's size).
+    type: int
+    default: 8
+  confirm_timeout:
+    description: Seconds to try to reach the destination again when the connection died
+      during the restore, to tell whether the workload runs there.
+    type: int
+    default: 20
   handover:
     description: C(transfer=ebs) - the source moves the pair's EBS volume to the destination
       itself, between the send (which unmounted it here) and the receive (which mounts it
@@ -199,6 +241,18 @@ failed_phase:
   returned: failure
   type: str
   sample: restore
+where:
+  description: Where the workload is at the end of the call (also the journal's last C(where)).
+  returned: always
+  type: str
+  sample: destination
+source_tree:
+  description: What became of the source's dumped tree - C(action) (C(ended), C(resumed),
+    C(kept stopped)), its C(pids), the sockets taken out of repair mode, the network-lock
+    tables removed.
+  returned: when the dump ran
+  type: dict
+  sample: {action: ended, pids: [16020, 16022], lock_removed: [CRIU-0c4b1e6f-2f83-4a7a-9b]}
 migration_metrics:
   description: The path's own figures (phase C(critical_path)).
   returned: always
@@ -207,6 +261,7 @@ migration_metrics:
 """
 
 import json
+import os
 import platform
 import tempfile
 import time
@@ -222,10 +277,29 @@ from ansible.module_utils.criu_runner import (
     start_lazy_dump,
 )
 from ansible.module_utils.criu_stats import CriuStatsError, summarize_stats_image
+from ansible.module_utils.detached import run_detached
 from ansible.module_utils.ebs_attach import AttachError, Ec2Volumes, volumes_for
-from ansible.module_utils.faults import CORRUPT_PAGE_IMAGE_SH, parse_corruption
+from ansible.module_utils.faults import (
+    CORRUPT_PAGE_IMAGE_SH,
+    DISK_FULL_MAX_BYTES,
+    DISK_FULL_SH,
+    DUMP_FAULT_SCRIPT,
+    DUMP_FAULT_SCRIPTS,
+    parse_corruption,
+)
 from ansible.module_utils.private_files import private_umask, umasked
-from ansible.module_utils.processes import ProcessFiles
+from ansible.module_utils.processes import ProcessFiles, is_alive, write_atomic
+from ansible.module_utils.source_tree import (
+    dump_run_id,
+    is_stopped,
+    lock_tables,
+    memory_bytes,
+    remove_lock,
+    tree_pids,
+    tree_states,
+)
+from ansible.module_utils.source_tree import kill as kill_tree
+from ansible.module_utils.source_tree import resume as resume_tree
 from ansible.module_utils.ssh_master import SshMaster, SshMasterError
 from ansible.module_utils.transfer_backends import (
     AWS_OPTIONS,
@@ -245,9 +319,17 @@ class Journal:
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
+        # where the workload is, on every line (a recovery reads the last one)
+        self.where = "source"
 
     def write(self, step: str, **data: Any) -> None:
-        record = {"step": step, "at": time.time(), "monotonic": time.monotonic(), **data}
+        record = {
+            "step": step,
+            "at": time.time(),
+            "monotonic": time.monotonic(),
+            "where": self.where,
+            **data,
+        }
         # its folder is made at the first step, not before: check mode writes nothing
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as out:
@@ -284,6 +366,12 @@ class CriticalPath:
         self.volumes: Ec2Volumes | None = None
         # the phase of the step under way: an unexpected error is filed under it
         self.phase = "critical_path"
+        # --leave-stopped: the source's tree, kept stopped until the destination confirms
+        self.leave_stopped = bool(self.dump_opts.get("leave_stopped"))
+        self.run_id: str | None = None  # the dump's CRIU run id: names its network lock
+        self.restore_unknown = False  # the connection died during the restore
+        self.space: dict[str, Any] = {}
+        self.source_tree: dict[str, Any] = {}
 
     # -- bookkeeping -------------------------------------------------------------------
     def _since_t0(self, moment: float) -> float:
@@ -343,7 +431,96 @@ class CriticalPath:
                     f"{exc} (before the freeze: the workload runs on the source as before)",
                     "critical_path",
                 ) from exc
-        self.journal.write("prepared", plan=self.plan())
+        self.before_freeze()
+        self.journal.write("prepared", plan=self.plan(), space=self.space)
+
+    def before_freeze(self) -> None:
+        """What must hold before the workload is frozen: it still runs, the checkpoint fits
+        on both hosts, an injected fault is ready."""
+        pid = int(self.dump_opts["pid"])
+        if not is_alive(pid):
+            error_log = Path(self.params["working_dir"] or "/nonexistent") / "workload_error.log"
+            text = error_log.read_text(errors="replace").strip() if error_log.is_file() else ""
+            raise CriticalPathFailed(
+                f"the workload (pid {pid}) no longer runs on {self.host}, so nothing was "
+                "frozen" + (f": it died ({error_log}: {text.splitlines()[-1]})" if text else ""),
+                "critical_path",
+            )
+        if self.params["space_margin_pct"] >= 0:
+            self.check_space(pid)
+        fault = self.params["fault"]
+        if fault in DUMP_FAULT_SCRIPTS:
+            script = Path(self.dump_opts["log_file"]).parent / DUMP_FAULT_SCRIPT
+            write_atomic(script, DUMP_FAULT_SCRIPTS[fault])
+            script.chmod(0o700)
+            self.dump_opts["action_script"] = str(script)
+        if fault == "disk_full" and self.space["destination"]["free_bytes"] > DISK_FULL_MAX_BYTES:
+            raise CriticalPathFailed(
+                "inject_fault=disk_full fills the destination's images filesystem, which has "
+                f"{self.space['destination']['free_bytes'] / 1e6:.0f} MB free - more than the "
+                f"{DISK_FULL_MAX_BYTES / 1e6:.0f} MB the fault may take; make it smaller first "
+                "(nothing was frozen)",
+                "critical_path",
+            )
+
+    def check_space(self, pid: int) -> None:
+        """Refuse before the freeze when the checkpoint cannot fit: its page images are about
+        the tree's resident anonymous and shared memory (+ space_margin_pct), written where
+        the dump writes (unless a page server takes them) and where the transfer puts them
+        (unless both hosts share the storage, or the pages stay on the source)."""
+        assert self.master is not None
+        p = self.params
+        memory = memory_bytes(tree_pids(pid))
+        working = sum(
+            f.stat().st_size
+            for f in Path(p["working_dir"] or "/nonexistent").rglob("*")
+            if f.is_file() and not f.is_symlink()
+        )
+        reserve = p["space_reserve_mb"] * 1024 * 1024 + working
+        pages = int(memory * (1 + p["space_margin_pct"] / 100))
+        shared = p["transfer"].get("method") in ("efs", "ebs")
+        lazy_network = bool(self.dump_opts.get("lazy_pages"))
+        page_server = bool(self.dump_opts.get("page_server"))
+        images = Path(self.dump_opts["images_dir"])
+        folder = next(d for d in (images, *images.parents) if d.exists())
+        stat = os.statvfs(folder)
+        # the images folder's parent: made just now (the images folder is made by the transfer)
+        dest_folder = str(Path(self.restore_opts["images_dir"]).parent)
+        rc, out, err = self.master.run(["df", "-P", "-B1", dest_folder], 30)
+        fields = out.splitlines()[-1].split() if rc == 0 and out.strip() else []
+        if len(fields) < 4 or not fields[3].isdigit():
+            raise CriticalPathFailed(
+                f"cannot read the free space at {dest_folder} on the destination: "
+                f"{(err or out).strip() or 'no df output'} (nothing was frozen)",
+                "critical_path",
+            )
+        self.space = {
+            "memory_bytes": memory,
+            "margin_pct": p["space_margin_pct"],
+            "reserve_bytes": reserve,
+            "source": {
+                "path": str(folder),
+                "free_bytes": stat.f_bavail * stat.f_frsize,
+                "needed_bytes": reserve + (0 if page_server else pages),
+            },
+            "destination": {
+                "path": dest_folder,
+                "free_bytes": int(fields[3]),
+                "needed_bytes": reserve + (0 if shared or lazy_network else pages),
+            },
+        }
+        for side in ("source", "destination"):
+            room = self.space[side]
+            if room["free_bytes"] < room["needed_bytes"]:
+                raise CriticalPathFailed(
+                    f"not enough space for the checkpoint on the {side} at {room['path']}: "
+                    f"{room['free_bytes'] / 1e6:.1f} MB free, about {room['needed_bytes'] / 1e6:.1f}"
+                    f" MB needed (the workload's resident anonymous and shared memory "
+                    f"{memory / 1e6:.1f} MB + {p['space_margin_pct']} % + {reserve / 1e6:.1f} MB "
+                    "for the small image files and the working directory); nothing was "
+                    "frozen: the workload runs on the source as before",
+                    "critical_path",
+                )
 
     def dump(self) -> None:
         self.phase = "final_dump"
@@ -362,14 +539,24 @@ class CriticalPath:
         self.t0 = call.monotonic_start
         self._step("dump", call.monotonic_start, call.monotonic_end)
         data = call.metrics(images_dir=self.dump_opts["images_dir"], cmd=call.argv, **extra)
+        self.run_id = dump_run_id(call.log_text())
         if not call.ok:
             data["failed"] = True
             self._record("final_dump", data)
             self.journal.write("dump failed", rc=call.rc)
-            raise CriticalPathFailed(self.runner.failure(call), "final_dump")
+            failure = self.runner.failure(call)
+            if not self.dump_opts.get("lazy_pages") and self.left_behind():
+                # CRIU undoes a dump that fails by itself (the tree resumed, the network
+                # unlocked), not one that was killed: the kernel resumes the tree then, but
+                # CRIU's network lock and the sockets' repair mode stay behind
+                self.resume_source(f"after the failed dump (rc={call.rc})")
+            raise CriticalPathFailed(f"{failure}; {self.where_said()}", "final_dump")
         self._record("final_dump", data)
         self.dumped = True
-        self.journal.write("dumped")
+        self.journal.where = (
+            "source (stopped)" if self.leave_stopped else "nowhere (checkpointed on the source)"
+        )
+        self.journal.write("dumped", pids=tree_pids(int(self.dump_opts["pid"])))
 
     def transfer(self) -> None:
         assert self.master is not None
@@ -386,6 +573,8 @@ class CriticalPath:
             ssh_options=self.master.options,
         )
         backend = backend_for(request.method, request.compress)
+        if p["fault"] == "disk_full":
+            self.fill_destination()
         started_at, started = time.time(), time.monotonic()
         try:
             outcome = transfer_send(request, self.run_local, backend)
@@ -455,6 +644,17 @@ class CriticalPath:
             "steps": steps,
         }
 
+    def fill_destination(self) -> None:
+        """inject_fault=disk_full: the destination's images filesystem fills up (after the
+        space check; the filler lies in the checkpoint folder, which the cleanup removes)."""
+        assert self.master is not None
+        folder = str(Path(self.restore_opts["log_file"]).parent)
+        rc, out, err = self.master.run(["sh", "-c", DISK_FULL_SH, "disk_full", folder], 120)
+        if rc != 0:
+            raise TransferError(f"inject_fault=disk_full failed on the destination: {err}")
+        path, _, size = out.strip().rpartition(" ")
+        self._record("fault", {"fault": "disk_full", "file": path, "bytes": int(size or 0)})
+
     def corrupt_on_destination(self) -> None:
         """inject_fault=corrupt_image: one byte of the largest page image flips there."""
         assert self.master is not None
@@ -484,10 +684,12 @@ class CriticalPath:
             ran_on="destination",
         )
         if not call.ok:
+            # ssh's own failure (255) or no answer: the restore may have run there
+            self.restore_unknown = call.rc == 255 or call.timed_out
             log_text = (self.master.read_bytes(call.log_file) or b"").decode(errors="replace")
             data.update(failed=True, rc=call.rc, log_tail=log_tail(log_text))
             self._record("restore", data)
-            self.journal.write("restore failed", rc=call.rc)
+            self.journal.write("restore failed", rc=call.rc, outcome_unknown=self.restore_unknown)
             raise CriticalPathFailed(
                 f"criu restore failed on the destination (rc={call.rc}): "
                 f"{call.reason(log_text) or 'no error line'}; log: {call.log_file}",
@@ -501,6 +703,9 @@ class CriticalPath:
         except CriuStatsError as exc:  # the tree runs there: a bad stats image must not hide it
             data["stats"], data["stats_error"] = {}, str(exc)
         self._record("restore", data)
+        self.journal.where = (
+            "destination (the source's copy still stopped)" if self.leave_stopped else "destination"
+        )
         self.journal.write("restored", pid=data["pid"])
 
     def start_lazy_pages(self, daemon: dict[str, Any]) -> None:
@@ -542,6 +747,98 @@ class CriticalPath:
             image.flush()
             return summarize_stats_image(image.name).get("restore", {})
 
+    def left_behind(self) -> bool:
+        """Whether a failed dump left the source's tree stopped or CRIU's network lock taken."""
+        if is_stopped(tree_states(tree_pids(int(self.dump_opts["pid"])))):
+            return True
+        if not self.run_id:
+            return False
+        rc, out, _err = self.run_local(["nft", "list", "tables"])
+        return rc == 0 and bool(lock_tables(out, self.run_id))
+
+    def end_source(self) -> None:
+        """The destination runs the workload: the source's stopped copy ends (and a TCP
+        workload's network lock, which CRIU leaves after a dump that succeeded, goes)."""
+        pid = int(self.dump_opts["pid"])
+        if self.leave_stopped:
+            self.source_tree = {"action": "ended", **kill_tree(pid, self.run_local, self.run_id)}
+        elif (
+            self.dump_opts.get("tcp_established")
+            and not self.dump_opts.get("lazy_pages")
+            and self.run_id
+        ):
+            self.source_tree = {"action": "unlocked", **remove_lock(self.run_local, self.run_id)}
+        else:
+            return
+        self.journal.where = "destination"
+        self.journal.write("source ended", **self.source_tree)
+
+    def resume_source(self, reason: str) -> None:
+        """Let the source's tree run on where it is (stopped by --leave-stopped, or left with
+        CRIU's network lock by a dump killed half way)."""
+        pid = int(self.dump_opts["pid"])
+        done = resume_tree(pid, self.run_local, self.run_id)
+        self.source_tree = {"action": "resumed", "reason": reason, **done}
+        self.journal.where = "source" if done["resumed"] else "nowhere (the source's tree is gone)"
+        self.journal.write("source resumed", **self.source_tree)
+        if done["resumed"]:
+            self._record("source_resumed", {"pid": pid, **self.source_tree})
+
+    def settle_source(self, failure: CriticalPathFailed) -> str:
+        """After a failure past the dump (--leave-stopped): resume the source's copy unless the
+        destination may run the workload; what the failure message adds."""
+        if not (self.leave_stopped and self.dumped) or self.restored:
+            return ""
+        if self.restore_unknown:
+            running = self.confirm_restore()
+            if running is True:
+                self.end_source()
+                return (
+                    "the connection died during the restore, but the destination runs the "
+                    "workload: the source's stopped copy was ended"
+                )
+            if running is None:
+                self.journal.where = (
+                    "unknown (the source's copy stopped; the destination may run it)"
+                )
+                self.source_tree = {
+                    "action": "kept stopped",
+                    "pids": tree_pids(int(self.dump_opts["pid"])),
+                }
+                self.journal.write("restore outcome unknown", **self.source_tree)
+                return (
+                    f"the destination cannot be reached to tell whether the restore ran there: "
+                    f"the workload's tree is kept stopped on {self.host}; run playbooks/recover.yml "
+                    "once the destination answers (journal: " + str(self.journal.path) + ")"
+                )
+        self.resume_source(f"after the failed {failure.phase}")
+        return self.where_said()
+
+    def confirm_restore(self) -> bool | None:
+        """Whether the destination runs the restored tree (None: it cannot be reached)."""
+        request = request_from_options(
+            self.params["transfer"], self.params["paths"], self.params["aws"]
+        )
+        master = SshMaster(request)
+        try:
+            master.open(timeout_s=float(self.params["confirm_timeout"]))
+        except SshMasterError:
+            return None
+        try:
+            text = (master.read_bytes(self.restore_opts["pidfile"]) or b"").decode().strip()
+            if not text.isdigit():
+                return False
+            rc, _out, _err = master.run(["kill", "-0", text], 30)
+            return rc == 0
+        finally:
+            master.close()
+
+    def where_said(self) -> str:
+        where = self.journal.where
+        if where == "source":
+            return f"the workload runs again on the source {self.host}, where it was"
+        return f"the workload is: {where}"
+
     def run_local(self, argv: list[str], stdin: bytes | None = None) -> tuple[int, str, str]:
         if stdin is None:
             return self.module.run_command(argv, check_rc=False)
@@ -562,12 +859,24 @@ class CriticalPath:
                 f"unexpected error during the {self.phase} step: {type(exc).__name__}: {exc}",
                 self.phase,
             )
+        settled = ""
+        try:
+            if failure is None:
+                self.end_source()
+            else:
+                settled = self.settle_source(failure)
+        except Exception as exc:  # the journal says what is left to a recovery
+            settled = f"the source's tree could not be settled: {type(exc).__name__}: {exc}"
+            self.journal.write("settling failed", error=settled)
         finally:
             if self.master is not None:
                 self.master.close()
         result = self.outcome()
         if failure is not None:
-            self.module.fail_json(msg=str(failure), failed_phase=failure.phase, **result)
+            message = str(failure) + (
+                f"; {settled}" if settled and settled not in str(failure) else ""
+            )
+            result.update(failed=True, msg=message, failed_phase=failure.phase)
         return result
 
     def outcome(self) -> dict[str, Any]:
@@ -591,6 +900,10 @@ class CriticalPath:
             "dumped": self.dumped,
             "restored": self.restored,
             "journal": str(self.journal.path),
+            "where": self.journal.where,
+            "leave_stopped": self.leave_stopped,
+            "space": self.space,
+            "source_tree": self.source_tree,
         }
         self.journal.write("done" if self.restored else "stopped", downtime_s=downtime)
         return {
@@ -599,6 +912,8 @@ class CriticalPath:
             "restored": self.restored,
             "downtime_s": downtime,
             "restore": restore if self.restored else {},
+            "where": self.journal.where,
+            "source_tree": self.source_tree,
             "plan": self.plan(),
             "steps": self.steps,
             "results": self.results,
@@ -620,8 +935,19 @@ def main() -> None:
             "fault": {
                 "type": "str",
                 "default": "none",
-                "choices": ["none", "interrupt", "corrupt_image"],
+                "choices": [
+                    "none",
+                    "interrupt",
+                    "corrupt_image",
+                    "dump_fails",
+                    "dump_crashes",
+                    "disk_full",
+                ],
             },
+            "working_dir": {"type": "path"},
+            "space_margin_pct": {"type": "int", "default": 10},
+            "space_reserve_mb": {"type": "int", "default": 8},
+            "confirm_timeout": {"type": "int", "default": 20},
             "lazy_pages_daemon": {"type": "dict"},
             "handover": {
                 "type": "dict",
@@ -654,7 +980,12 @@ def main() -> None:
         module.exit_json(changed=True, plan=plan, msg="check mode: nothing was run")
     if module.params["dump"].get("lazy_pages") and not module.params["lazy_dump_pidfile"]:
         module.fail_json(msg="a network post-copy dump (dump.lazy_pages) needs lazy_dump_pidfile")
-    module.exit_json(**path.run())
+    # detached: a control node that dies now does not stop a started critical path
+    journal = Path(module.params["journal"])
+    result = run_detached(path.run, journal.with_name(f"{journal.stem}.result.json"))
+    if result.get("failed"):
+        module.fail_json(**result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

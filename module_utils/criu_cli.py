@@ -137,6 +137,8 @@ ARGV_FORMAT: tuple[OptionFormat, ...] = (
     OptionFormat("prev_images_dir", "--prev-images-dir", ("dump", "pre-dump", "page-server")),
     OptionFormat("track_mem", "--track-mem", ("dump", "pre-dump"), switch=True),
     OptionFormat("leave_running", "--leave-running", ("dump",), switch=True),
+    # the dumped tree stays on the source, stopped, until the destination confirms the restore
+    OptionFormat("leave_stopped", "--leave-stopped", ("dump",), switch=True),
     OptionFormat("page_server", "--page-server", ("dump", "pre-dump", "lazy-pages"), switch=True),
     # restore: pages come from the lazy-pages daemon; dump: network post-copy (serve pages);
     # page-server: serve them lazily
@@ -166,6 +168,8 @@ ARGV_FORMAT: tuple[OptionFormat, ...] = (
     OptionFormat("manage_cgroups", "--manage-cgroups={}", _TREE_ACTIONS, joined=True),
     OptionFormat("tcp_established", "--tcp-established", ("dump", "restore"), switch=True),
     OptionFormat("network_lock", "--network-lock", ("dump", "restore")),
+    # a script CRIU runs at each stage (inject_fault=dump_fails / dump_crashes)
+    OptionFormat("action_script", "--action-script", _TREE_ACTIONS),
 )
 # Options a call cannot do without.
 _REQUIRED = {"images_dir": _IMAGE_ACTIONS, "pid": ("dump", "pre-dump")}

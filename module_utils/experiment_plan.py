@@ -35,6 +35,9 @@ LAZY_PAGES_MODES = ("images", "network")
 # transfer=s3: transfer_interrupt kills the uploader midway; ebs_attach_fail: the volume is
 # attached to the destination in the API but no device appears there (the lab's attach).
 FAULTS = ("none", "restore_pid_busy", "transfer_interrupt", "corrupt_image", "ebs_attach_fail")
+# The fault matrix on the fused critical path (module_utils/faults.py, library/critical_path.py)
+# and a workload that dies of its own error (library/fault_inject.py).
+FAULTS = (*FAULTS, "dump_fails", "dump_crashes", "disk_full", "workload_dies")
 SSH_CIPHERS = (
     "chacha20-poly1305@openssh.com",
     "aes128-gcm@openssh.com",
@@ -218,7 +221,12 @@ SETTINGS: dict[str, Param] = {
                 "transfer's SSH connection is killed midway; transfer=s3: the uploader is "
                 "killed midway), corrupt_image (a byte of a page image flips on the destination "
                 "after the transfer: transfer_verify catches it), ebs_attach_fail (the lab's "
-                "volume is attached to the destination but no device appears there)",
+                "volume is attached to the destination but no device appears there)"
+                "; dump_fails (the final dump fails half way: CRIU undoes it), "
+                "dump_crashes (CRIU is killed half way through the final dump: its network "
+                "lock stays), disk_full (the destination's disk fills after the space check), "
+                "workload_dies (the memory workload's next allocation fails after it was "
+                "ready) - fused path",
                 choices=FAULTS),
     )
 }  # fmt: skip

@@ -37,3 +37,37 @@ def parse_corruption(output: str) -> dict[str, Any]:
         return {"output": text}
     path, offset, old, new = fields
     return {"file": path, "offset": int(offset), "old": int(old), "new": int(new)}
+
+
+# CRIU's --action-script for the final dump (inject_fault=dump_fails / dump_crashes): CRIU
+# runs it at each stage with the stage in CRTOOLS_SCRIPT_ACTION, as its own child. At
+# post-dump every image is written and the tree is still frozen (network locked, TCP
+# sockets in repair mode):
+# - dump_fails: the script fails there; CRIU undoes the dump itself (network unlocked,
+#   repair mode off, the tree resumed) and fails - a dump that fails half way;
+# - dump_crashes: the script kills CRIU (SIGKILL) there; the kernel lets the tree run on as
+#   its tracer is gone, but CRIU's network lock and the sockets' repair mode stay behind.
+DUMP_FAULT_SCRIPTS = {
+    "dump_fails": '#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] && exit 1\nexit 0\n',
+    "dump_crashes": (
+        '#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] && kill -KILL "$PPID"\nexit 0\n'
+    ),
+}
+DUMP_FAULT_SCRIPT = "fault-action-script.sh"
+
+# inject_fault=disk_full - sh -c SCRIPT NAME FOLDER: fills FOLDER's filesystem up to 256 KiB
+# with FOLDER/pages-fault-disk-full.img and prints "<file> <bytes>". The destination's disk
+# fills after the space check, as if something else had written there meanwhile. Named like
+# a page image, the filler stays out of the results (library/results_bundle.py) and goes
+# with the checkpoint folder.
+DISK_FULL_FILE = "pages-fault-disk-full.img"
+DISK_FULL_SH = r"""set -eu
+avail=$(df -P -B1 "$1" | awk 'NR == 2 {print $4}')
+size=$((avail - 262144))
+[ "$size" -gt 0 ] || size=0
+f="$1/pages-fault-disk-full.img"
+fallocate -l "$size" "$f" 2>/dev/null || head -c "$size" /dev/zero > "$f"
+echo "$f $size"
+"""
+# A disk_full fault takes at most this much (the lab makes the destination's disk small).
+DISK_FULL_MAX_BYTES = 1 << 30

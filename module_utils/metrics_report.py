@@ -804,6 +804,11 @@ def build_metrics(
         metrics["warnings"] = metrics.get("warnings", []) + cross_checks
     if pair.failure:
         metrics["failure"] = pair.failure
+    died = pair.phases.get("workload_died")
+    if died:  # the workload's own words for its death (workload_error.log)
+        metrics["workload_error"] = {
+            key: died[-1].get(key) for key in ("host", "pid", "error_log", "error_tail")
+        }
     add_trigger_figures(metrics, experiment, pair, window_start)
     return metrics
 
@@ -943,6 +948,13 @@ def summary_text(metrics: dict[str, Any], metrics_written: bool = True) -> str:
             f"FAILED in {failure.get('phase')}: {failure.get('task')} on {failure.get('host')}"
         )
         lines.append(f"  {str(failure.get('msg', ''))[:300]}")
+    died = metrics.get("workload_error")
+    if died:
+        lines.append(
+            f"Workload died on {died.get('host')} (pid {died.get('pid')}); "
+            f"{died.get('error_log')} ends:"
+        )
+        lines += [f"  {line}" for line in str(died.get("error_tail") or "").splitlines()[-5:]]
     if metrics.get("warnings"):
         lines.append(f"Warnings ({len(metrics['warnings'])}):")
         lines += [f"  - {warning.get('message', warning)}" for warning in metrics["warnings"]]

@@ -74,6 +74,9 @@ def node_paths(
         "rollback_pidfile": f"{checkpoint_dir}/rollback.pid",
         # the fused critical path's progress, on the source (read by a recovery)
         "critical_path_journal": f"{checkpoint_dir}/critical-path.journal",
+        # one experiment per host at a time: the host's lock (library/experiment_lock.py),
+        # the same file whatever the experiment
+        "lock_file": f"{root}/experiment.lock",
         # page_server_tls: the experiment's CA certificate and this host's certificate and
         # key, outside checkpoint_dir so that no results bundle ever packs them (removed at
         # the end, success or not)

@@ -21,6 +21,16 @@ from pathlib import Path
 from ansible.module_utils.processes import is_alive, reap, start_detached, terminate, wait_until
 from ansible.module_utils.transfer_backends import TransferRequest, ssh_command
 
+# A destination that stops answering (its link down, the host gone) ends the master - and
+# with it every channel (the transfer, the restore) - after this many seconds of silence,
+# instead of TCP's retransmission timeout (~15 min): the critical path then resumes the
+# workload on the source. Long enough for a busy link, whose keepalive replies still come.
+ALIVE_INTERVAL_S = 3
+ALIVE_COUNT = 3
+# A channel whose master is gone falls back to a connection of its own: to a destination
+# that does not answer, it gives up after this many seconds (not TCP's ~2 min of SYNs).
+CONNECT_TIMEOUT_S = 5
+
 
 class SshMasterError(RuntimeError):
     """The master connection could not be opened."""
@@ -42,14 +52,36 @@ class SshMaster:
     @property
     def options(self) -> list[str]:
         """`-o` options that make any ssh of the transfer a channel of this master."""
-        return [f"ControlPath={self.control_path}", "ControlMaster=no"]
+        return [
+            f"ControlPath={self.control_path}",
+            "ControlMaster=no",
+            f"ConnectTimeout={CONNECT_TIMEOUT_S}",
+        ]
 
     def _ssh(self, *extra: str) -> list[str]:
-        return [*ssh_command(self.request), "-o", f"ControlPath={self.control_path}", *extra]
+        return [
+            *ssh_command(self.request),
+            "-o",
+            f"ControlPath={self.control_path}",
+            "-o",
+            f"ConnectTimeout={CONNECT_TIMEOUT_S}",
+            *extra,
+        ]
 
     def open(self, timeout_s: float = 30.0) -> None:
         """Start the master and wait until it accepts channels."""
-        argv = self._ssh("-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N", self.target)
+        argv = self._ssh(
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            "ControlPersist=no",
+            "-o",
+            f"ServerAliveInterval={ALIVE_INTERVAL_S}",
+            "-o",
+            f"ServerAliveCountMax={ALIVE_COUNT}",
+            "-N",
+            self.target,
+        )
         log = Path(self.control_dir) / "master.log"
         self.pid = start_detached(argv, output=log)
         if not wait_until(lambda: self.check() or not self._master_alive(), timeout_s, 0.01):

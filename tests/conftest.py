@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -173,6 +174,40 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"{count} skipped: {reason}")
     for reason, count in Counter(failed).most_common():
         terminalreporter.write_line(f"{count} failed (skipped under CI=true): {reason}")
+    fault_matrix_summary(terminalreporter)
+
+
+# The fault matrix (tests/integration/test_faults.py, issue 17): the `fault_matrix` fixture puts
+# each fault test's end-state check on the test's teardown report under this key.
+FAULT_OUTCOME = "fault_outcome"
+
+
+def fault_matrix_summary(terminalreporter: Any) -> None:
+    """`N faults, 0 workloads lost`, from the fault tests' own end-state checks (when any ran),
+    read from the reports - so a pytest-xdist worker's tests count too."""
+    outcomes = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "teardown"
+        for key, value in getattr(report, "user_properties", [])
+        if key == FAULT_OUTCOME
+    ]
+    if not outcomes:
+        return
+    lost = [o for o in outcomes if o["checked"] and o["lost"]]
+    unchecked = [o for o in outcomes if not o["checked"]]
+    for outcome in lost + unchecked:
+        state = (
+            f"LOST ({outcome['where']})"
+            if outcome["checked"]
+            else "not checked (the test ended first)"
+        )
+        terminalreporter.write_line(f"fault {outcome['fault']} ({outcome['path']} path): {state}")
+    line = f"{len(outcomes)} faults, {len(lost)} workloads lost"
+    if unchecked:
+        line += f", {len(unchecked)} not checked"
+    terminalreporter.write_sep("-", line)
 
 
 # -- no test, and no process a test starts, may ask the cloud metadata service ----------------
@@ -304,8 +339,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     nothing behind (no QEMU process, tap, bridge or overlay)."""
     if _is_worker(session.config) or os.environ.get("KEEP_LAB"):
         return
-    if (SESSION_DIR / "made-namespaces").exists():
-        _lab_down()
+    # each pytest-xdist worker's namespaces lab, with the lab.yml arguments its mark holds
+    for mark in sorted(SESSION_DIR.glob("made-namespaces*")):
+        _lab_down(*(json.loads(mark.read_text() or "[]")))
     if (SESSION_DIR / "made-guest").exists():
         t0 = time.monotonic()
         _lab_down("-e", "lab_flavour=guest")

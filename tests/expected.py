@@ -38,6 +38,10 @@ CRITICAL_PATH_STEPS_DONE = [
     "done",
 ]
 
+# With dump.leave_stopped (the fused path's default, roles/critical_path): the source's copy,
+# left stopped by the dump, ends once the destination runs the workload.
+CRITICAL_PATH_STEPS_LEFT_STOPPED = [*CRITICAL_PATH_STEPS_DONE[:-1], "source ended", "done"]
+
 
 def journal_steps(journal: Path) -> list[str]:
     """The steps of a critical-path journal (one JSON object a line), in order."""

@@ -3,11 +3,11 @@ per test session (and taken down at its end if the session made it, unless KEEP_
 and playbook runs via ansible-runner.
 
 `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`: a module's
-tests, and so its module-scoped fixtures, stay on one worker). They share one lab of each
-flavour: the first worker that needs a lab brings it up under a file lock (the other finds
-it up), and the controlling process - the one that outlives every worker - takes it down at
-the end if this session made it (tests/conftest.py). One guest-lab test runs at a time
-(`one_guest_test_at_a_time`)."""
+tests, and so its module-scoped fixtures, stay on one worker). Each worker has a namespaces
+lab of its own (WorkerLab); they share the guest lab, one test at a time
+(`pytest_runtest_protocol`, LAB_LOCKS). A lab is brought up under a file lock by the first
+test that needs it, and the controlling process - the one that outlives every worker -
+takes down at the end each lab this session made (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,70 @@ pytest.register_assert_rewrite("helpers")
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
-LAB_INVENTORY = REPO / "inventories" / "lab" / "hosts.yml"
+
+
+@dataclass(frozen=True)
+class WorkerLab:
+    """The namespaces lab of one pytest-xdist worker. Each worker has its own, so that two
+    workers never run experiments on the same hosts: one experiment per host at a time is
+    the suite's own rule (a second run towards busy hosts is refused), and a fault test takes
+    a host's link down or shrinks its disk. Worker gw0 - or a run without xdist - has the
+    default lab (`make lab-up`: prefix crlab, 10.77.0.0/24, inventories/lab/hosts.yml);
+    worker gwN (N >= 1) has prefix crlw<a, b, ...>, 10.76.N.0/24, its state and inventory
+    in .cache/lab-gwN (or where lab_state_dir puts a checkout under a private mount)."""
+
+    worker: str
+    prefix: str
+    subnet: str
+    dir: Path
+    inventory: Path
+    default: bool = False  # the lab `make lab-up` makes
+
+    @classmethod
+    def of(cls, worker: str) -> WorkerLab:
+        from lab_layout import DEFAULT_PREFIX, DEFAULT_SUBNET, lab_state_dir
+
+        number = int(worker.removeprefix("gw") or 0)
+        if number == 0:
+            return cls(
+                worker, DEFAULT_PREFIX, DEFAULT_SUBNET, REPO / ".lab",
+                REPO / "inventories" / "lab" / "hosts.yml", default=True,
+            )  # fmt: skip
+        assert number <= 26, f"{worker}: at most 27 workers have a lab of their own"
+        folder = Path(lab_state_dir(str(REPO / ".cache" / f"lab-{worker}")))
+        return cls(
+            worker, f"crlw{chr(ord('a') + number - 1)}", f"10.76.{number}.0/24", folder,
+            folder / "hosts.yml",
+        )  # fmt: skip
+
+    @property
+    def playbook_vars(self) -> list[str]:
+        """lab.yml's -e arguments for this lab (none for the default lab)."""
+        if self.default:
+            return []
+        values = {
+            "lab_prefix": self.prefix,
+            "lab_subnet": self.subnet,
+            "lab_dir": self.dir,
+            "lab_inventory": self.inventory,
+        }
+        return [arg for key, value in values.items() for arg in ("-e", f"{key}={value}")]
+
+    def address(self, side: str) -> str:
+        """The address of `source`, `destination` or `bridge` (the control node's side)."""
+        from lab_layout import bridge_address, lab_hosts
+
+        if side == "bridge":
+            return bridge_address(self.subnet).split("/")[0]
+        return {host.name: host.address for host in lab_hosts(1, self.subnet, self.prefix)}[side]
+
+
+LAB = WorkerLab.of(os.environ.get("PYTEST_XDIST_WORKER", "gw0"))
+LAB_INVENTORY = LAB.inventory
+# Whatever a test runs without naming an inventory (ansible, ansible-playbook, run_playbook,
+# run_experiment.py) goes to this worker's lab: the environment beats ansible.cfg's
+# `inventory`, an explicit -i beats both.
+os.environ["ANSIBLE_INVENTORY"] = str(LAB_INVENTORY)
 GUEST_INVENTORY = REPO / "inventories" / "lab_guest" / "hosts.yml"
 GUEST_LAB_DIR = REPO / ".lab" / "guest"
 
@@ -122,6 +185,7 @@ def run_playbook(
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(REPO / ".ansible" / "cp"),
         "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
         "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_INVENTORY": str(LAB_INVENTORY),
     }
     kwargs: dict[str, Any] = {}
     if inventory:
@@ -150,36 +214,89 @@ def run_playbook(
 SESSION_DIR = REPO / ".cache" / "test-session"
 
 
-@pytest.fixture(autouse=True)
-def one_guest_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test on the guest lab has its two guests to itself: under TCG each guest is a core's
-    worth of work already, and the guest tests time pre-dumps against deadlines."""
-    if "guest_lab" not in request.fixturenames:
+# A guest-lab test has the two guests to itself (LAB_LOCKS, by the fixture it asks for,
+# directly or through another fixture): under TCG each guest is a core's worth of work
+# already, and the guest tests time pre-dumps against deadlines. The namespaces labs need no
+# lock: each worker has its own (WorkerLab).
+LAB_LOCKS = {"guest_lab": "guest-lab-in-use.lock"}
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Holds the test's lab (LAB_LOCKS) from before its setup to after its teardown. This
+    wraps pytest-timeout's own wrapper, so the time spent waiting for the other worker's test
+    on the same lab does not count against the test's timeout."""
+    names = [
+        lock for fixture, lock in LAB_LOCKS.items() if fixture in getattr(item, "fixturenames", ())
+    ]
+    if not names:
         yield
         return
     SESSION_DIR.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(SESSION_DIR / "guest-lab-in-use.lock")):
+    locks = [FileLock(str(SESSION_DIR / name)) for name in names]
+    for lock in locks:  # always in LAB_LOCKS' order: two workers never wait on each other
+        lock.acquire()
+    try:
         yield
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
+def lab_host_inits(inventory: Path = LAB_INVENTORY) -> dict[str, int]:
+    """Each lab host's init - PID 1 of its namespaces - from the lab's state file. A host's
+    own file system, its private mounts included, is `/proc/<init>/root` on the control node."""
+    import yaml
+
+    top = yaml.safe_load(Path(inventory).read_text())["all"]["vars"]
+    state = json.loads((Path(top["migration_ssh_key"]).parent / "state.json").read_text())
+    return {name: int(host["init_pid"]) for name, host in state["hosts"].items()}
+
+
+# Where every experiment keeps its per-host lock on the lab (migration_root in
+# group_vars/all.yml; lock_file in module_utils/migration_layout.py).
+LAB_LOCK_FILE = "var/lib/criu-migration/experiment.lock"
+
+
+@pytest.fixture(autouse=True)
+def no_experiment_lock_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each default-lab test (and its own clean-up), no host may still hold an
+    experiment lock: a run that leaks one would have every later test on the lab refused as
+    busy. The leak fails the test that made it; the lock is removed so the others still run."""
+    yield
+    if "lab" not in request.fixturenames or not LAB_INVENTORY.exists():
+        return
+    left = {}
+    for name, init in lab_host_inits().items():
+        lock = Path(f"/proc/{init}/root") / LAB_LOCK_FILE
+        if lock.exists():
+            left[name] = lock.read_text(errors="replace")
+            lock.unlink(missing_ok=True)
+    assert not left, f"an experiment lock left on the lab after this test (removed now): {left}"
 
 
 def _bring_up(flavour: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """lab.yml present for a flavour, once at a time; marks the lab as this session's when
-    this call created it."""
+    """lab.yml present for a flavour (with `extra` -e arguments), once at a time; marks the
+    lab as this session's when this call created it: the mark holds the arguments that take
+    it down again (tests/conftest.py, pytest_sessionfinish)."""
     SESSION_DIR.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(SESSION_DIR / f"{flavour}.lock")):
+    name = flavour if not extra else f"{flavour}-{LAB.worker}"
+    with FileLock(str(SESSION_DIR / f"{name}.lock")):
         proc = ansible_playbook(
             "playbooks/lab.yml", "-e", f"lab_flavour={flavour}", "-e", "lab_state=present", *extra
         )
         if "created: none" not in proc.stdout:
-            (SESSION_DIR / f"made-{flavour}").touch()
+            (SESSION_DIR / f"made-{name}").write_text(
+                json.dumps(["-e", f"lab_flavour={flavour}", *extra])
+            )
     return proc
 
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Path]:
-    """The suite's default local lab, up for the whole session (torn down at its end if this
-    session made it)."""
-    _bring_up("namespaces")
+    """This worker's namespaces lab (WorkerLab), up for the whole session (torn down at its
+    end if this session made it)."""
+    _bring_up("namespaces", *LAB.playbook_vars)
     assert LAB_INVENTORY.exists()
     yield LAB_INVENTORY
 
@@ -205,6 +322,41 @@ def guest_lab() -> Iterator[Path]:
     )
     assert GUEST_INVENTORY.exists()
     yield GUEST_INVENTORY
+
+
+# -- the fault matrix: every fault test's own end-state check, summed up (issue 17) -------------
+
+# The key of a fault test's outcome on its teardown report; tests/conftest.py sums them up in
+# the session's summary (`N faults, 0 workloads lost`), from pytest-xdist workers too.
+FAULT_OUTCOME = "fault_outcome"
+
+
+@dataclass
+class FaultOutcome:
+    """One fault a test made happen for real, and what its end-state check found."""
+
+    fault: str
+    path: str  # the critical path it ran on (fused, the default, or stepwise)
+    checked: bool = False  # the test reached its end-state check
+    lost: bool = False  # the check found the workload on no host, on both, or stuck
+    where: str = ""
+
+
+@pytest.fixture
+def fault_matrix(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Registers the test's fault when it starts; its end-state check says whether the
+    workload was lost (`outcome.lost`, `outcome.where`; `outcome.checked` once it ran). A test
+    that ends before its check counts as unchecked in the session's summary."""
+    outcomes: list[FaultOutcome] = []
+
+    def register(fault: str, path: str = "fused") -> FaultOutcome:
+        outcome = FaultOutcome(fault, path)
+        outcomes.append(outcome)
+        return outcome
+
+    yield register
+    for outcome in outcomes:  # on the teardown report, which reaches the controlling process
+        request.node.user_properties.append((FAULT_OUTCOME, asdict(outcome)))
 
 
 # -- secrets: never in a results folder, a log or metrics.json (issue 17) ---------------------

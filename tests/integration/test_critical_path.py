@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import on_host, run_playbook
-from expected import CRITICAL_PATH_STEPS_DONE, journal_steps
+from conftest import LAB, on_host, run_playbook
+from expected import CRITICAL_PATH_STEPS_LEFT_STOPPED, journal_steps
 from helpers import SMALL_MEMORY, WORK_ROOT, epoch, failed_run, remove_experiment
 
 pytestmark = pytest.mark.lab
@@ -67,8 +67,9 @@ def test_downtime_is_on_one_clock_and_the_gap_is_recorded(
         assert "source" in critical["clock"] and critical["uncertainty_s"] == 0.0
         # the restore was timed on the source too: its record says so
         assert phases["restore"]["clock"] == "source"
+        # the dump left the source's copy stopped (leave_stopped); it ended after the restore
         assert journal_steps(results / "source" / "critical-path.journal") == (
-            CRITICAL_PATH_STEPS_DONE
+            CRITICAL_PATH_STEPS_LEFT_STOPPED
         )
     else:
         # a task per step, and Ansible's time between them in the gap
@@ -120,7 +121,7 @@ def test_a_destination_the_source_cannot_log_in_to_is_refused_before_the_start(
     assert run.rc != 0
     assert (
         "source cannot log in to destination over SSH with the transfer's key and pinned host "
-        "key (No ED25519 host key is known for 10.77.0.12"
+        f"key (No ED25519 host key is known for {LAB.address('destination')}"
     ) in run.stdout
     assert "the transfer and the fused critical path need it" in run.stdout
     journal = json.loads((run.only_results_dir() / "journal.json").read_text())

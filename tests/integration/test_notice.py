@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, VENV_BIN, PlaybookRun
+from conftest import LAB, REPO, VENV_BIN, PlaybookRun
 from processes import start_detached, terminate  # module_utils/ (tests/conftest.py)
 
 pytestmark = pytest.mark.lab
@@ -89,7 +89,7 @@ def fake_service(tmp_path: Path) -> Iterator[Callable[..., FakeService]]:
     """Start fake metadata services for a test; each is stopped by its PID afterwards."""
     started: list[FakeService] = []
 
-    def start(provider: str, bind: str = "10.77.0.1", *extra: str) -> FakeService:
+    def start(provider: str, bind: str = LAB.address("bridge"), *extra: str) -> FakeService:
         service = FakeService(provider, bind, tmp_path, *extra)
         started.append(service)
         return service
@@ -277,7 +277,7 @@ def assert_migrated_on_the_notice(
     assert dump_at > seen_at
     # the watcher polled the fake from the source, never anything else
     polls = [r for r in service.state()["requests"] if not r["path"].startswith("/_admin")]
-    assert polls and {r["client"] for r in polls} == {"10.77.0.11"}, polls[:3]
+    assert polls and {r["client"] for r in polls} == {LAB.address("source")}, polls[:3]
     assert "Notice -> migration done (deadline clock): " in run.stdout
     _say(
         f"{service.provider}: detection {metrics['detection_delay_s']:.3f} s, notice -> "
@@ -290,7 +290,7 @@ def assert_migrated_on_the_notice(
 def test_aws_notice_triggers_the_migration(lab: Path, tmp_path: Path, fake_service: Any) -> None:
     # tokens live 2 s at most: the watcher's session token expires while it waits, and it
     # must get a new one (IMDSv2's 401) to see the notice
-    service = fake_service("aws", "10.77.0.1", "--token-ttl-cap", "2")
+    service = fake_service("aws", LAB.address("bridge"), "--token-ttl-cap", "2")
     run = run_migrate(
         tmp_path,
         notice_vars(service),
@@ -389,15 +389,18 @@ def test_an_endpoint_that_does_not_answer_is_refused_before_the_workload_starts(
     import socket
 
     with socket.socket() as sock:  # a port on the bridge nothing listens on
-        sock.bind(("10.77.0.1", 0))
+        sock.bind((LAB.address("bridge"), 0))
         port = sock.getsockname()[1]
     run = run_migrate(
         tmp_path,
         {**MEMORY, "trigger": "notice", "notice_provider": "aws",
-         "notice_endpoint": f"http://10.77.0.1:{port}"},
+         "notice_endpoint": f"http://{LAB.address('bridge')}:{port}"},
     )  # fmt: skip
     assert run.rc != 0
-    assert f"the aws metadata service at http://10.77.0.1:{port} does not answer" in run.stdout
+    assert (
+        f"the aws metadata service at http://{LAB.address('bridge')}:{port} does not answer"
+        in run.stdout
+    )
     metrics = run.metrics()
     assert metrics["failure"]["phase"] == "node_checks", metrics["failure"]
     assert "workload_start" not in {task["phase"] for task in metrics["tasks"]}

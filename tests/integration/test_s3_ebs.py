@@ -25,7 +25,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
-from conftest import LAB_INVENTORY, REPO, assert_no_secrets, run_playbook
+from conftest import LAB, LAB_INVENTORY, assert_no_secrets, run_playbook
 from helpers import (
     assert_continuous,
     assert_refused_before_any_host,
@@ -129,7 +129,10 @@ def assert_back_on_source(metrics: dict[str, Any], results: Path) -> None:
     experiment_id = metrics["experiment"]["id"]
     journal = json.loads((results / "journal.json").read_text())
     assert journal["location"] == "source"
-    assert (results / "source" / "criu-rollback-restore.log").exists()
+    if metrics["critical_path"]["path"] == "fused":  # left stopped by the dump: resumed
+        assert "source_resumed (source)" in [step["step"] for step in journal["steps"]]
+    else:  # the stepwise dump ended it: restored from its images
+        assert (results / "source" / "criu-rollback-restore.log").exists()
     running = workload_processes("source", experiment_id)
     assert len(running) == 1 and str(metrics["workload"]["source_pid"]) in running[0]
     assert workload_processes("destination", experiment_id) == []
@@ -284,11 +287,14 @@ def test_ebs_migration(lab: Path, tmp_path: Path, variables: dict[str, Any], pat
 
 
 def test_an_attach_without_a_device_is_rolled_back(lab: Path, tmp_path: Path) -> None:
-    """On the fused path (the default): the source's own attach presents no device."""
+    """Stepwise, whose dump ends the source's copy: the rollback restores it from the images
+    on the volume, which comes back to the source first (on the fused path the dump leaves
+    the copy stopped and the rollback resumes it: test_transfer.py)."""
     run, metrics = migrate(
         tmp_path,
         {
             **SMALL,
+            **STEPWISE,
             "transfer": "ebs",
             "inject_fault": "ebs_attach_fail",
             "ebs_timeout_s": 3,
@@ -333,8 +339,8 @@ def test_ebs_across_zones_is_refused(lab: Path, tmp_path: Path) -> None:
 
 def test_the_lab_serves_s3_and_ec2_on_its_bridge(lab: Path) -> None:
     top = lab_vars()
-    assert top["lab_aws_endpoint_url"] == "http://10.77.0.1:5000"
-    pid = int((REPO / ".lab" / "aws" / "moto.pid").read_text())
+    assert top["lab_aws_endpoint_url"] == f"http://{LAB.address('bridge')}:5000"
+    pid = int((LAB.dir / "aws" / "moto.pid").read_text())
     assert "moto_server" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
     assert Path(top["lab_aws_credentials_file"]).stat().st_mode & 0o777 == 0o600
     buckets = [b["Name"] for b in lab_client("s3").list_buckets()["Buckets"]]

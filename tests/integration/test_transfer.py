@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, on_host, run_playbook
+from conftest import LAB, on_host, run_playbook
 from helpers import (
     IMAGES_ROOT,
     SMALL_MEMORY,
@@ -30,7 +30,7 @@ from helpers import (
 pytestmark = pytest.mark.lab
 
 # The lab's /mnt/criu-shared is this control-side folder, bind-mounted into every host.
-LAB_SHARED = REPO / ".lab" / "shared"
+LAB_SHARED = LAB.dir / "shared"
 
 
 def assert_migrated(metrics: dict[str, Any]) -> None:
@@ -57,7 +57,12 @@ def assert_back_on_source(run_metrics: dict[str, Any], results: Path) -> None:
     try:
         journal = json.loads((results / "journal.json").read_text())
         assert journal["location"] == "source"
-        assert (results / "source" / "criu-rollback-restore.log").exists()
+        steps = [step["step"] for step in journal["steps"]]
+        if run_metrics["critical_path"]["path"] == "fused":
+            # the dump left the tree stopped on the source (leave_stopped): resumed there
+            assert "source_resumed (source)" in steps, steps
+        else:  # the stepwise dump ended it there: restored from its images
+            assert "rollback (source)" in steps, steps
         running = workload_processes("source", experiment_id)
         assert len(running) == 1
         assert str(run_metrics["workload"]["source_pid"]) in running[0]
@@ -220,7 +225,7 @@ def test_transfer_cut_midway_rolls_back_to_the_source(
     results, metrics = failed_run(run)
     failure = metrics["failure"]
     assert failure["phase"] == "transfer" and failure["host"] == "source"
-    assert "rsync to 10.77.0.12 failed" in failure["msg"]
+    assert f"rsync to {LAB.address('destination')} failed" in failure["msg"]
     assert "SSH connection killed after 1 s" in failure["msg"]
     assert (results / "source" / "criu-dump.log").exists()  # logs collected
     assert_back_on_source(metrics, results)

@@ -17,7 +17,9 @@ import functools
 import hashlib
 import json
 import os
+import platform
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +136,8 @@ class Lab:
     dest_criu: Path
     images: Path
     work: Path
+    # a live stand-in for the workload: the module checks before the freeze that it runs
+    workload_pid: int = 0
 
     @property
     def journal(self) -> Path:
@@ -144,7 +148,7 @@ class Lab:
         args: dict[str, Any] = {
             "criu_bin": str(self.src_criu),
             "dump": {
-                "pid": 31337,
+                "pid": self.workload_pid,
                 "images_dir": str(self.images),
                 "log_file": str(logs / "criu-dump.log"),
             },
@@ -170,7 +174,7 @@ class Lab:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Lab:
     bin_dir, dest_sbin, temp = tmp_path / "bin", tmp_path / "dest-sbin", tmp_path / "tmp"
     for folder in (bin_dir, dest_sbin, temp):
         folder.mkdir()
@@ -192,7 +196,10 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
     (work / "sub" / "b.txt").write_text("bee\n")
     images = tmp_path / "images" / "1"
     images.mkdir(parents=True)  # the dump's folder (the role makes it)
+    stand_in = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL)
+    request.addfinalizer(lambda: (stand_in.kill(), stand_in.wait()))
     return Lab(
+        workload_pid=stand_in.pid,
         base=tmp_path,
         temp=temp,
         events=events,
@@ -306,7 +313,7 @@ def test_check_mode_reports_the_plan_and_runs_nothing(
         "dump": [
             str(lab.src_criu), "dump",
             "--images-dir", images, "--log-file", str(logs / "criu-dump.log"), "-v4",
-            "--tree", "31337", "--prev-images-dir", "../0", "--track-mem",
+            "--tree", str(lab.workload_pid), "--prev-images-dir", "../0", "--track-mem",
             "--page-server", "--address", "10.77.0.12", "--port", "27000",
             "--file-locks", "--tcp-established", "--network-lock", "skip",
         ],
@@ -386,6 +393,7 @@ def test_dump_transfer_restore_on_one_clock(
     assert story(lab) == [
         "ssh master",
         "ssh: mkdir",
+        "ssh: df",  # the space check, before the freeze
         "criu dump",
         *middle,
         "ssh: criu",
@@ -457,7 +465,7 @@ def test_the_lazy_pages_daemon_starts_there_before_the_restore(
     }
     rc, result = run_module(args, capsys)
     assert rc == 0, result
-    assert story(lab)[3:9] == [
+    assert story(lab)[4:10] == [
         "rsync",
         "ssh: criu",
         "criu lazy-pages",
@@ -509,13 +517,17 @@ def test_a_failed_dump_stops_before_the_transfer(
         "(rc=1): (00.010220) Error (criu/files-reg.c:1710): Can't lookup mount=22"
         in (result["msg"])
     )
-    assert result["msg"].endswith(f"log: {lab.base / 'logs' / 'criu-dump.log'}")
+    # CRIU's log, and where the workload is: CRIU undid the dump, the tree runs on
+    assert result["msg"].endswith(
+        f"log: {lab.base / 'logs' / 'criu-dump.log'}; the workload runs again on the source "
+        f"{platform.node()}, where it was"
+    )
     assert phases(result) == ["final_dump"]
     assert records(result)["final_dump"]["failed"] is True
     assert list(result["steps"]) == ["dump"] and result["steps"]["dump"][0] == 0.0
     data = result["migration_metrics"]["data"]
     assert (data["dumped"], data["restored"], data["orchestration_gap_s"]) == (False, False, None)
-    assert story(lab) == ["ssh master", "ssh: mkdir", "criu dump", "ssh -O exit"]
+    assert story(lab) == ["ssh master", "ssh: mkdir", "ssh: df", "criu dump", "ssh -O exit"]
     assert journal_steps(lab.journal) == ["prepared", "dump started", "dump failed", "stopped"]
     assert_master_closed(lab)
 
@@ -589,7 +601,7 @@ def test_a_checksum_mismatch_stops_before_the_restore(
     assert verify["files"] == len(PAGE_IMAGES) + 4
     assert phases(result) == ["final_dump", "transfer"]
     assert "criu restore" not in story(lab)
-    assert story(lab)[3:] == ["rsync", "ssh: sha256sum", "ssh -O exit"]
+    assert story(lab)[4:] == ["rsync", "ssh: sha256sum", "ssh -O exit"]
     assert journal_steps(lab.journal)[-2:] == ["transfer verification failed", "stopped"]
     assert_master_closed(lab)
 
@@ -627,7 +639,7 @@ def test_corrupt_image_flips_a_byte_of_the_largest_page_image_there(
     assert result["failed_phase"] == "transfer"
     digest = hashlib.sha256(original).hexdigest()
     assert result["msg"].endswith(f"{largest}: sha256 differs from the source's {digest}")
-    assert story(lab)[3:] == ["rsync", "ssh: sh", "ssh: sha256sum", "ssh -O exit"]
+    assert story(lab)[4:] == ["rsync", "ssh: sh", "ssh: sha256sum", "ssh -O exit"]
     assert_master_closed(lab)
 
 

@@ -82,6 +82,8 @@ def test_argv_is_a_channel_of_the_master_with_the_transfers_trust(fake_ssh: dict
         "-o",
         f"ControlPath={master.control_path}",
         "-o",
+        "ConnectTimeout=5",  # a dead master's channel gives up its own connection soon
+        "-o",
         "ControlMaster=no",
         "root@dest.example",
         "--",
@@ -112,10 +114,14 @@ def test_root_runs_commands_itself_another_login_through_sudo(fake_ssh: dict) ->
 
 def test_options_make_the_transfers_ssh_a_channel_of_the_master(fake_ssh: dict) -> None:
     master = SshMaster(request())
-    assert master.options == [f"ControlPath={master.control_path}", "ControlMaster=no"]
+    assert master.options == [
+        f"ControlPath={master.control_path}",
+        "ControlMaster=no",
+        "ConnectTimeout=5",
+    ]
     shared = request(ssh_options=master.options)
     argv = ssh_command(shared)
-    assert argv[-4:] == ["-o", f"ControlPath={master.control_path}", "-o", "ControlMaster=no"]
+    assert argv[-6:-2] == ["-o", f"ControlPath={master.control_path}", "-o", "ControlMaster=no"]
     rsh = rsync_argv(shared)[rsync_argv(shared).index("--rsh") + 1]
     assert f"-o ControlPath={master.control_path} -o ControlMaster=no" in rsh
     master.close()
@@ -159,6 +165,8 @@ def test_every_command_is_a_channel_of_the_one_master(
     assert len(opening) == 1
     assert opening[0][-2:] == ["-N", "root@dest.example"]
     assert "ControlPersist=no" in opening[0]
+    # a destination that stops answering ends the master (and its channels) within seconds
+    assert "ServerAliveInterval=3" in opening[0] and "ServerAliveCountMax=3" in opening[0]
     channels = [c for c in calls if "--" in c]
     assert channels and all(f"ControlPath={master.control_path}" in c for c in channels)
     assert all("ControlMaster=no" in c for c in channels)
