@@ -341,7 +341,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     # each pytest-xdist worker's namespaces lab, with the lab.yml arguments its mark holds
     for mark in sorted(SESSION_DIR.glob("made-namespaces*")):
-        _lab_down(*(json.loads(mark.read_text() or "[]")))
+        _lab_down(*json.loads(mark.read_text()))
     if (SESSION_DIR / "made-guest").exists():
         t0 = time.monotonic()
         _lab_down("-e", "lab_flavour=guest")

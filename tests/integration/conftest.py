@@ -5,7 +5,7 @@ and playbook runs via ansible-runner.
 `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`: a module's
 tests, and so its module-scoped fixtures, stay on one worker). Each worker has a namespaces
 lab of its own (WorkerLab); they share the guest lab, one test at a time
-(`pytest_runtest_protocol`, LAB_LOCKS). A lab is brought up under a file lock by the first
+(`pytest_runtest_protocol`). A lab is brought up under a file lock by the first
 test that needs it, and the controlling process - the one that outlives every worker -
 takes down at the end each lab this session made (tests/conftest.py)."""
 
@@ -93,6 +93,11 @@ LAB_INVENTORY = LAB.inventory
 # `inventory`, an explicit -i beats both.
 os.environ["ANSIBLE_INVENTORY"] = str(LAB_INVENTORY)
 GUEST_INVENTORY = REPO / "inventories" / "lab_guest" / "hosts.yml"
+# Where the suite keeps its node-side folders on a lab host (migration_root in
+# group_vars/all.yml), and the per-host experiment lock there (lock_file in
+# module_utils/migration_layout.py).
+MIGRATION_ROOT = "/var/lib/criu-migration"
+LOCK_FILE = f"{MIGRATION_ROOT}/experiment.lock"
 GUEST_LAB_DIR = REPO / ".lab" / "guest"
 
 
@@ -185,7 +190,6 @@ def run_playbook(
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(REPO / ".ansible" / "cp"),
         "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
         "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_INVENTORY": str(LAB_INVENTORY),
     }
     kwargs: dict[str, Any] = {}
     if inventory:
@@ -214,33 +218,20 @@ def run_playbook(
 SESSION_DIR = REPO / ".cache" / "test-session"
 
 
-# A guest-lab test has the two guests to itself (LAB_LOCKS, by the fixture it asks for,
-# directly or through another fixture): under TCG each guest is a core's worth of work
-# already, and the guest tests time pre-dumps against deadlines. The namespaces labs need no
-# lock: each worker has its own (WorkerLab).
-LAB_LOCKS = {"guest_lab": "guest-lab-in-use.lock"}
-
-
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """Holds the test's lab (LAB_LOCKS) from before its setup to after its teardown. This
-    wraps pytest-timeout's own wrapper, so the time spent waiting for the other worker's test
-    on the same lab does not count against the test's timeout."""
-    names = [
-        lock for fixture, lock in LAB_LOCKS.items() if fixture in getattr(item, "fixturenames", ())
-    ]
-    if not names:
+    """A test that asks for the guest lab (directly or through another fixture) has the two
+    guests to itself, from before its setup to after its teardown: under TCG each guest is a
+    core's worth of work already, and the guest tests time pre-dumps against deadlines. This
+    wraps pytest-timeout's own wrapper, so the wait for the other worker's guest test does
+    not count against the test's timeout. The namespaces labs need no lock: each worker has
+    its own (WorkerLab)."""
+    if "guest_lab" not in getattr(item, "fixturenames", ()):
         yield
         return
     SESSION_DIR.mkdir(parents=True, exist_ok=True)
-    locks = [FileLock(str(SESSION_DIR / name)) for name in names]
-    for lock in locks:  # always in LAB_LOCKS' order: two workers never wait on each other
-        lock.acquire()
-    try:
+    with FileLock(str(SESSION_DIR / "guest-lab-in-use.lock")):
         yield
-    finally:
-        for lock in reversed(locks):
-            lock.release()
 
 
 def lab_host_inits(inventory: Path = LAB_INVENTORY) -> dict[str, int]:
@@ -253,11 +244,6 @@ def lab_host_inits(inventory: Path = LAB_INVENTORY) -> dict[str, int]:
     return {name: int(host["init_pid"]) for name, host in state["hosts"].items()}
 
 
-# Where every experiment keeps its per-host lock on the lab (migration_root in
-# group_vars/all.yml; lock_file in module_utils/migration_layout.py).
-LAB_LOCK_FILE = "var/lib/criu-migration/experiment.lock"
-
-
 @pytest.fixture(autouse=True)
 def no_experiment_lock_left(request: pytest.FixtureRequest) -> Iterator[None]:
     """After each default-lab test (and its own clean-up), no host may still hold an
@@ -268,7 +254,7 @@ def no_experiment_lock_left(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     left = {}
     for name, init in lab_host_inits().items():
-        lock = Path(f"/proc/{init}/root") / LAB_LOCK_FILE
+        lock = Path(f"/proc/{init}/root") / LOCK_FILE.lstrip("/")
         if lock.exists():
             left[name] = lock.read_text(errors="replace")
             lock.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO, PlaybookRun, on_host
+from conftest import MIGRATION_ROOT, REPO, PlaybookRun, on_host
 
 # A memory workload small enough for a quick migration, with a short look after the restore.
 SMALL_MEMORY = {
@@ -26,8 +26,8 @@ SMALL_MEMORY = {
     "post_restore_capture_s": 2,
 }
 # Where the suite keeps an experiment's working directory and images on a lab host.
-WORK_ROOT = "/var/lib/criu-migration/work"
-IMAGES_ROOT = "/var/lib/criu-migration/images"
+WORK_ROOT = f"{MIGRATION_ROOT}/work"
+IMAGES_ROOT = f"{MIGRATION_ROOT}/images"
 ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
 
 

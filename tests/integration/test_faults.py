@@ -37,6 +37,8 @@ from typing import Any
 import pytest
 from conftest import (
     LAB_INVENTORY,
+    LOCK_FILE,
+    MIGRATION_ROOT,
     REPO,
     VENV_BIN,
     assert_no_secrets,
@@ -44,6 +46,7 @@ from conftest import (
     run_playbook,
     suite_env,
 )
+from helpers import IMAGES_ROOT, WORK_ROOT
 
 pytestmark = pytest.mark.lab
 
@@ -315,7 +318,7 @@ def cleanup(hosts: dict[str, Host]) -> Iterator[list[str]]:
     yield experiments
     for experiment in experiments:
         for host in hosts.values():
-            work = host.path(f"/var/lib/criu-migration/work/{experiment}")
+            work = host.path(f"{WORK_ROOT}/{experiment}")
             (work / "checkpoint_flag").unlink(missing_ok=True)
         try:
             wait_until(
@@ -330,12 +333,12 @@ def cleanup(hosts: dict[str, Host]) -> Iterator[list[str]]:
                     hosts[name].run("-p", "kill", "-CONT", str(pid), check=False)
                     hosts[name].run("-p", "kill", "-KILL", str(pid), check=False)
         for host in hosts.values():
-            for folder in ("work", "images"):
+            for folder in (WORK_ROOT, IMAGES_ROOT):
                 subprocess.run(
-                    ["rm", "-rf", str(host.path(f"/var/lib/criu-migration/{folder}/{experiment}"))],
+                    ["rm", "-rf", str(host.path(f"{folder}/{experiment}"))],
                     check=False,
                 )
-            lock = host.path("/var/lib/criu-migration/experiment.lock")
+            lock = host.path(LOCK_FILE)
             if lock.exists() and experiment in lock.read_text():
                 lock.unlink()
 
@@ -549,11 +552,11 @@ def small_destination_disk(hosts: dict[str, Host]) -> Iterator[Callable[[str], N
     """Remount the destination's experiment disk (a tmpfs) at a size; restored afterwards."""
     destination = hosts["destination"]
     mounts = Path(f"/proc/{destination.init}/mounts").read_text().splitlines()
-    options = next(m.split()[3] for m in mounts if m.split()[1] == "/var/lib/criu-migration")
+    options = next(m.split()[3] for m in mounts if m.split()[1] == MIGRATION_ROOT)
     size = next(o for o in options.split(",") if o.startswith("size="))
 
     def remount(new: str) -> None:
-        destination.run("-m", "mount", "-o", f"remount,size={new}", "/var/lib/criu-migration")
+        destination.run("-m", "mount", "-o", f"remount,size={new}", MIGRATION_ROOT)
 
     yield remount
     remount(size.removeprefix("size="))
@@ -603,7 +606,7 @@ def test_a_destination_disk_that_fills_anyway_is_rolled_back(
     assert run.rc != 0
     assert "No space left on device" in run.stdout
     assert journal["location"] == "source"
-    free = os.statvfs(hosts["destination"].path("/var/lib/criu-migration"))
+    free = os.statvfs(hosts["destination"].path(MIGRATION_ROOT))
     assert free.f_bfree == free.f_blocks or free.f_bfree / free.f_blocks > 0.99  # emptied
     assert_one_running_copy(outcome, hosts, journal, results, "source")
 
